@@ -1,0 +1,19 @@
+//! # inference-core
+//!
+//! The backend-agnostic heart of the inference server: the [`InferenceEngine`] trait, tensors
+//! and batches as plain owned data, typed errors, and the batching scheduler. It knows
+//! nothing of HTTP, JSON or any backend library.
+
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod tensor;
+pub mod worker;
+
+pub use engine::{EngineInfo, HealthReport, InferenceEngine, validate_batch, validate_samples};
+pub use error::{EngineError, ErrorKind};
+pub use model::{
+    Activation, Architecture, Batch, ManifestError, ModelManifest, ModelSpec, Sample, TensorSpec,
+};
+pub use tensor::{DType, Tensor, TensorData, TensorError};
+pub use worker::{Backend, BackendFactory, WorkerPool};
