@@ -103,3 +103,31 @@ pub fn validate_batch(spec: &ModelSpec, batch: &Batch) -> Result<(), EngineError
     }
     Ok(())
 }
+
+/// How a backend should load a model: the part of the configuration every backend reads.
+/// Fields a backend has no use for are ignored by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// `cpu`, `cuda` (or `cuda:N`), or `auto` (CUDA when available, else CPU).
+    pub device: String,
+    /// Worker threads, each with its own model instance (ORT sessions are not shareable).
+    pub instances: usize,
+    /// Threads a single forward pass may use; `None` leaves the library's default.
+    pub intra_op_threads: Option<usize>,
+    /// ONNX Runtime graph optimization: `disable`, `basic`, `extended` or `all`.
+    pub graph_optimization: String,
+    /// Path of a runtime shared library to load (ONNX Runtime's `libonnxruntime.so`).
+    pub runtime_library: Option<std::path::PathBuf>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            device: "cpu".into(),
+            instances: 1,
+            intra_op_threads: None,
+            graph_optimization: "all".into(),
+            runtime_library: None,
+        }
+    }
+}

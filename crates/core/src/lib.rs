@@ -10,7 +10,9 @@ pub mod model;
 pub mod tensor;
 pub mod worker;
 
-pub use engine::{EngineInfo, HealthReport, InferenceEngine, validate_batch, validate_samples};
+pub use engine::{
+    EngineInfo, EngineOptions, HealthReport, InferenceEngine, validate_batch, validate_samples,
+};
 pub use error::{EngineError, ErrorKind};
 pub use model::{
     Activation, Architecture, Batch, ManifestError, ModelManifest, ModelSpec, Sample, TensorSpec,
