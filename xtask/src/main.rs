@@ -1,50 +1,63 @@
 //! Developer chores that `cargo test` alone cannot do: `cargo xtask <command>`.
+//!
+//! Each subcommand lives in its own module and exposes one `run` function; adding a
+//! command means adding a module, a `Task` variant and one match arm.
 
-use anyhow::{Context, Result, bail};
+mod export;
+mod process;
+mod setup;
+mod test;
+
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use std::process::Command;
+use std::process::ExitCode;
 
-#[derive(Parser)]
+#[derive(Debug, Parser)]
 #[command(about = "Development tasks for the inference server workspace")]
 struct Cli {
     #[command(subcommand)]
-    command: Task,
+    task: Task,
 }
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 enum Task {
-    /// Checks formatting and lints, then runs every test.
-    Test,
+    /// Installs the libtorch and ONNX Runtime libraries into a cache outside the repo.
+    Setup,
+    /// Prints `export` lines that point builds at the installed runtimes.
+    Env,
+    /// Checks formatting and lints, then runs every test with every backend.
+    Test(test::TestArgs),
+    /// Regenerates the example model files with the setup venv's Python.
+    ExportModels(export::ExportArgs),
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
-        Task::Test => test(),
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line with the whole context chain; no backtrace, whatever RUST_BACKTRACE says.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
-fn test() -> Result<()> {
-    cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&[
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ])?;
-    cargo(&["test", "--workspace"])
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup::run().map(|_| ()),
+        Task::Env => setup::print_env(),
+        Task::Test(args) => test::run(&args),
+        Task::ExportModels(args) => export::run(&args),
+    }
 }
 
-fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("$ cargo {}", args.join(" "));
-    let status = Command::new(cargo)
-        .args(args)
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
-        bail!("cargo {} failed with {status}", args.join(" "));
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
-    Ok(())
 }

@@ -1,1 +1,532 @@
-//! placeholder
+//! # inference-backend-candle
+//!
+//! The pure-Rust backend of the inference server, built on [candle]: it needs no runtime
+//! library, so it is the one compiled in by default and the one to embed in other programs.
+//!
+//! candle reads weights, not graphs, so the model's layer stack comes from the manifest's
+//! `[architecture]` table (`kind = "mlp"`): each named layer is a linear layer whose
+//! `{name}.weight` (`[out, in]`) and `{name}.bias` (`[out]`) tensors are read from the
+//! safetensors file named by `[files] candle`, followed by its activation.
+//!
+//! ```no_run
+//! use inference_core::{Batch, EngineOptions, InferenceEngine, ModelManifest, Sample, Tensor};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let manifest = ModelManifest::load("models/example".as_ref())?;
+//! let engine = inference_backend_candle::load(&manifest, &EngineOptions::default())?;
+//! let row = Sample::new(vec![Tensor::from_f32(vec![1], vec![2.0])?]);
+//! let output = engine.infer(Batch::stack(&[row])?).await?;
+//! println!("{:?}", output.tensors[0].as_f32());
+//! # Ok(()) }
+//! ```
+//!
+//! Devices: `cpu`; `cuda` / `cuda:N` when built with the `cuda` feature (which needs `nvcc`
+//! and the CUDA toolkit at build time); `auto` picks CUDA device 0 when the feature is on and
+//! a GPU is present, else the CPU.
+//!
+//! Threads: `options.instances` worker threads share one read-only copy of the weights and
+//! each runs whole batches. candle's CPU kernels run on rayon; when `options.intra_op_threads` is set, each worker runs its
+//! forward passes inside its own rayon pool of that many threads. (candle's matmul also reads
+//! `RAYON_NUM_THREADS` / the core count to split work, which only an environment variable set
+//! before start can change: setting it from here would need `unsafe`.)
+//!
+//! [candle]: https://github.com/huggingface/candle
+
+use candle_core::{DType as CandleDType, Device, Module, Tensor as CandleTensor};
+use candle_nn::Linear;
+use inference_core::{
+    Activation, Architecture, Backend, BackendFactory, Batch, DType, EngineError, EngineInfo,
+    EngineOptions, ModelManifest, Tensor, TensorSpec, WorkerPool,
+};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The name this backend goes by in manifests (`[files] candle`) and in `EngineInfo`.
+pub const BACKEND_NAME: &str = "candle";
+
+/// Loads the model described by `manifest` into `options.instances` workers.
+///
+/// Every problem with the model, its files or the device is an [`EngineError::Load`] with a
+/// sentence naming it; nothing here panics.
+pub fn load(manifest: &ModelManifest, options: &EngineOptions) -> Result<WorkerPool, EngineError> {
+    let (device, device_name) = resolve_device(&options.device)?;
+    let model = Arc::new(Mlp::load(manifest, &device)?);
+    let threads = options.intra_op_threads;
+    let factory: BackendFactory = Arc::new(move |index| {
+        let pool = threads
+            .map(|n| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(move |t| format!("candle-{index}-op-{t}"))
+                    .build()
+                    .map_err(|e| EngineError::Load(format!("cannot start {n} op threads: {e}")))
+            })
+            .transpose()?;
+        Ok(Box::new(CandleBackend {
+            model: Arc::clone(&model),
+            pool,
+        }) as Box<dyn Backend>)
+    });
+    let info = EngineInfo {
+        backend: BACKEND_NAME.into(),
+        device: device_name,
+        model: manifest.spec(),
+        instances: options.instances,
+    };
+    WorkerPool::start(info, factory)
+}
+
+/// Maps the configured device name to a candle device and the name it reports.
+fn resolve_device(requested: &str) -> Result<(Device, String), EngineError> {
+    match requested {
+        "cpu" => Ok((Device::Cpu, "cpu".into())),
+        "auto" => Ok(auto_device()),
+        "cuda" => cuda_device(0),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(ordinal)) => cuda_device(ordinal),
+            _ => Err(EngineError::Load(format!(
+                "unknown device '{other}'; use cpu, cuda, cuda:N or auto"
+            ))),
+        },
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn auto_device() -> (Device, String) {
+    match Device::new_cuda(0) {
+        Ok(device) => (device, "cuda:0".into()),
+        Err(_) => (Device::Cpu, "cpu".into()),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn auto_device() -> (Device, String) {
+    (Device::Cpu, "cpu".into())
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<(Device, String), EngineError> {
+    Device::new_cuda(ordinal)
+        .map(|device| (device, format!("cuda:{ordinal}")))
+        .map_err(|e| EngineError::Load(format!("cannot open CUDA device {ordinal}: {e}")))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_ordinal: usize) -> Result<(Device, String), EngineError> {
+    Err(EngineError::Load(
+        "candle was built without CUDA support; rebuild with --features cuda".into(),
+    ))
+}
+
+/// A stack of linear layers, each followed by an activation, on one device.
+#[derive(Debug)]
+struct Mlp {
+    layers: Vec<(Linear, Activation)>,
+    input_len: usize,
+    /// Per-row output shape, from the manifest.
+    output_shape: Vec<usize>,
+    device: Device,
+}
+
+impl Mlp {
+    fn load(manifest: &ModelManifest, device: &Device) -> Result<Self, EngineError> {
+        let load_error =
+            |reason: String| EngineError::Load(format!("model '{}': {reason}", manifest.name));
+        let Some(Architecture::Mlp {
+            layers,
+            activations,
+        }) = &manifest.architecture
+        else {
+            return Err(load_error(format!(
+                "the candle backend needs an [architecture] table (kind = \"mlp\") in {}",
+                manifest.dir.join(ModelManifest::FILE_NAME).display()
+            )));
+        };
+        if layers.is_empty() || layers.len() != activations.len() {
+            return Err(load_error(format!(
+                "the architecture has {} layer(s) and {} activation(s); it needs one \
+                 activation per layer and at least one layer",
+                layers.len(),
+                activations.len()
+            )));
+        }
+        let input = single_f32_spec(&manifest.inputs, "input").map_err(load_error)?;
+        let output = single_f32_spec(&manifest.outputs, "output").map_err(load_error)?;
+
+        let path = manifest
+            .file_for(BACKEND_NAME)
+            .map_err(|e| EngineError::Load(e.to_string()))?;
+        let mut tensors = read_safetensors(&path, device).map_err(load_error)?;
+
+        let mut width = input.len;
+        let mut stack = Vec::with_capacity(layers.len());
+        for (name, &activation) in layers.iter().zip(activations) {
+            let (linear, out) =
+                take_linear(&mut tensors, name, width, &path).map_err(load_error)?;
+            stack.push((linear, activation));
+            width = out;
+        }
+        if width != output.len {
+            return Err(load_error(format!(
+                "the last layer has {width} outputs but output '{}' has {} elements per row",
+                output.name, output.len
+            )));
+        }
+        Ok(Self {
+            layers: stack,
+            input_len: input.len,
+            output_shape: output.shape,
+            device: device.clone(),
+        })
+    }
+
+    fn forward(&self, batch: &Batch) -> Result<Batch, EngineError> {
+        let values = batch.tensors[0]
+            .as_f32()
+            .ok_or_else(|| EngineError::Backend("the input is not f32".into()))?;
+        let mut x = CandleTensor::from_slice(values, (batch.size, self.input_len), &self.device)
+            .map_err(backend_error)?;
+        for (linear, activation) in &self.layers {
+            x = linear.forward(&x).map_err(backend_error)?;
+            x = match activation {
+                Activation::Relu => x.relu(),
+                Activation::Sigmoid => candle_nn::ops::sigmoid(&x),
+                Activation::Tanh => x.tanh(),
+                Activation::Identity => Ok(x),
+            }
+            .map_err(backend_error)?;
+        }
+        let values = x
+            .flatten_all()
+            .and_then(|flat| flat.to_vec1::<f32>())
+            .map_err(backend_error)?;
+        let mut shape = Vec::with_capacity(self.output_shape.len() + 1);
+        shape.push(batch.size);
+        shape.extend_from_slice(&self.output_shape);
+        let output = Tensor::from_f32(shape, values)
+            .map_err(|e| EngineError::Backend(format!("unexpected output size: {e}")))?;
+        Ok(Batch {
+            size: batch.size,
+            tensors: vec![output],
+        })
+    }
+}
+
+fn backend_error(err: candle_core::Error) -> EngineError {
+    EngineError::Backend(err.to_string())
+}
+
+/// The one input or output of an MLP: f32 with a fixed shape.
+struct FlatSpec {
+    name: String,
+    shape: Vec<usize>,
+    len: usize,
+}
+
+fn single_f32_spec(specs: &[TensorSpec], role: &str) -> Result<FlatSpec, String> {
+    let [spec] = specs else {
+        return Err(format!(
+            "an MLP has exactly one {role}, the manifest lists {}",
+            specs.len()
+        ));
+    };
+    if spec.dtype != DType::F32 {
+        return Err(format!(
+            "{role} '{}' is {}; the candle MLP computes in f32",
+            spec.name, spec.dtype
+        ));
+    }
+    let shape: Option<Vec<usize>> = spec
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d).ok())
+        .collect();
+    let shape = shape.ok_or_else(|| {
+        format!(
+            "{role} '{}' has shape {:?}; an MLP needs fixed dimensions",
+            spec.name, spec.shape
+        )
+    })?;
+    Ok(FlatSpec {
+        name: spec.name.clone(),
+        len: shape.iter().product(),
+        shape,
+    })
+}
+
+fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, CandleTensor>, String> {
+    if !path.is_file() {
+        return Err(format!("weights file {} does not exist", path.display()));
+    }
+    candle_core::safetensors::load(path, device)
+        .map_err(|e| format!("cannot read weights file {}: {e}", path.display()))
+}
+
+/// Takes layer `name`'s weight `[out, in]` and bias `[out]`, checking `in` against the width
+/// of the previous layer; returns the layer and its output width.
+fn take_linear(
+    tensors: &mut HashMap<String, CandleTensor>,
+    name: &str,
+    in_width: usize,
+    path: &Path,
+) -> Result<(Linear, usize), String> {
+    let mut take = |suffix: &str| {
+        let key = format!("{name}.{suffix}");
+        let tensor = tensors
+            .remove(&key)
+            .ok_or_else(|| format!("{} has no tensor '{key}'", path.display()))?;
+        let dims = tensor.dims().to_vec();
+        // Weights stored in another float type are computed in f32 like the inputs.
+        let tensor = tensor
+            .to_dtype(CandleDType::F32)
+            .map_err(|e| format!("tensor '{key}' cannot be converted to f32: {e}"))?;
+        Ok::<_, String>((tensor, dims, key))
+    };
+    let (weight, weight_dims, weight_key) = take("weight")?;
+    let (bias, bias_dims, bias_key) = take("bias")?;
+    let &[out, inputs] = weight_dims.as_slice() else {
+        return Err(format!(
+            "'{weight_key}' has shape {weight_dims:?}, expected [out, in]"
+        ));
+    };
+    if inputs != in_width {
+        return Err(format!(
+            "'{weight_key}' has shape {weight_dims:?}: it takes {inputs} inputs but the \
+             previous layer gives {in_width}"
+        ));
+    }
+    if bias_dims != [out] {
+        return Err(format!(
+            "'{bias_key}' has shape {bias_dims:?}, expected [{out}] to match '{weight_key}'"
+        ));
+    }
+    Ok((Linear::new(weight, Some(bias)), out))
+}
+
+/// One worker's handle on the shared, read-only weights.
+struct CandleBackend {
+    model: Arc<Mlp>,
+    /// This worker's op threads, when `intra_op_threads` is set.
+    pool: Option<rayon::ThreadPool>,
+}
+
+impl Backend for CandleBackend {
+    fn forward(&mut self, batch: &Batch) -> Result<Batch, EngineError> {
+        match &self.pool {
+            Some(pool) => pool.install(|| self.model.forward(batch)),
+            None => self.model.forward(batch),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inference_core::ErrorKind;
+    use inference_core::conformance::{self, example_manifest};
+
+    /// The example manifest pointing at a fresh directory of its own, removed on drop.
+    struct ScratchModel {
+        manifest: ModelManifest,
+    }
+
+    impl ScratchModel {
+        /// With no weights file at all.
+        fn empty(test: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "inference-backend-candle-{}-{test}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut manifest = example_manifest();
+            manifest.dir = dir;
+            Self { manifest }
+        }
+
+        /// With a safetensors file of zero tensors of the given names and shapes.
+        fn with_weights(test: &str, tensors: &[(&str, &[usize])]) -> Self {
+            let scratch = Self::empty(test);
+            let tensors: HashMap<String, CandleTensor> = tensors
+                .iter()
+                .map(|&(name, shape)| {
+                    let tensor =
+                        CandleTensor::zeros(shape, CandleDType::F32, &Device::Cpu).unwrap();
+                    (name.to_string(), tensor)
+                })
+                .collect();
+            let path = scratch.manifest.file_for(BACKEND_NAME).unwrap();
+            candle_core::safetensors::save(&tensors, path).unwrap();
+            scratch
+        }
+    }
+
+    impl Drop for ScratchModel {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.manifest.dir);
+        }
+    }
+
+    fn load_error(manifest: &ModelManifest, options: &EngineOptions) -> String {
+        match load(manifest, options) {
+            Ok(engine) => panic!("loaded unexpectedly: {engine:?}"),
+            Err(err) => {
+                assert_eq!(err.kind(), ErrorKind::Load, "{err}");
+                err.to_string()
+            }
+        }
+    }
+
+    const EXAMPLE_SHAPES: [(&str, &[usize]); 4] = [
+        ("fc1.weight", &[16, 1]),
+        ("fc1.bias", &[16]),
+        ("fc2.weight", &[3, 16]),
+        ("fc2.bias", &[3]),
+    ];
+
+    #[test]
+    fn missing_weights_file_names_the_path() {
+        let scratch = ScratchModel::empty("missing-file");
+        let message = load_error(&scratch.manifest, &EngineOptions::default());
+        assert!(
+            message.contains("model.safetensors") && message.contains("does not exist"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn manifest_without_architecture_is_refused() {
+        let mut manifest = example_manifest();
+        manifest.architecture = None;
+        let message = load_error(&manifest, &EngineOptions::default());
+        assert!(message.contains("[architecture]"), "{message}");
+    }
+
+    #[test]
+    fn manifest_without_candle_file_is_refused() {
+        let mut manifest = example_manifest();
+        manifest.files.remove(BACKEND_NAME);
+        let message = load_error(&manifest, &EngineOptions::default());
+        assert!(message.contains("'candle'"), "{message}");
+    }
+
+    #[test]
+    fn weights_of_the_right_shapes_load() {
+        let scratch = ScratchModel::with_weights("right-shapes", &EXAMPLE_SHAPES);
+        assert!(load(&scratch.manifest, &EngineOptions::default()).is_ok());
+    }
+
+    #[test]
+    fn mismatched_weight_shapes_name_the_tensor() {
+        let cases: [(&str, usize, &[usize], &str); 4] = [
+            (
+                "first-layer-input",
+                0,
+                &[16, 2],
+                "'fc1.weight' has shape [16, 2]",
+            ),
+            ("bias", 1, &[15], "'fc1.bias' has shape [15]"),
+            ("chain", 2, &[3, 8], "'fc2.weight' has shape [3, 8]"),
+            (
+                "rank",
+                2,
+                &[48],
+                "'fc2.weight' has shape [48], expected [out, in]",
+            ),
+        ];
+        for (test, index, shape, expected) in cases {
+            let mut shapes = EXAMPLE_SHAPES;
+            shapes[index].1 = shape;
+            let scratch = ScratchModel::with_weights(test, &shapes);
+            let message = load_error(&scratch.manifest, &EngineOptions::default());
+            assert!(message.contains(expected), "{test}: {message}");
+        }
+    }
+
+    #[test]
+    fn last_layer_must_match_the_output_spec() {
+        let mut shapes = EXAMPLE_SHAPES;
+        shapes[2].1 = &[4, 16];
+        shapes[3].1 = &[4];
+        let scratch = ScratchModel::with_weights("output-width", &shapes);
+        let message = load_error(&scratch.manifest, &EngineOptions::default());
+        assert!(
+            message.contains("4 outputs") && message.contains("'output'"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn missing_tensor_is_named() {
+        let scratch = ScratchModel::with_weights("missing-tensor", &EXAMPLE_SHAPES[..3]);
+        let message = load_error(&scratch.manifest, &EngineOptions::default());
+        assert!(message.contains("no tensor 'fc2.bias'"), "{message}");
+    }
+
+    #[test]
+    fn activation_count_must_match_layers() {
+        let mut manifest = example_manifest();
+        manifest.architecture = Some(Architecture::Mlp {
+            layers: vec!["fc1".into(), "fc2".into()],
+            activations: vec![Activation::Relu],
+        });
+        let message = load_error(&manifest, &EngineOptions::default());
+        assert!(
+            message.contains("2 layer(s) and 1 activation(s)"),
+            "{message}"
+        );
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_get_it() {
+        for device in ["cuda", "cuda:1"] {
+            let options = EngineOptions {
+                device: device.into(),
+                ..EngineOptions::default()
+            };
+            assert_eq!(
+                load_error(&example_manifest(), &options),
+                "cannot load model: candle was built without CUDA support; \
+                 rebuild with --features cuda"
+            );
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn auto_resolves_to_cpu_without_cuda() {
+        let options = EngineOptions {
+            device: "auto".into(),
+            ..EngineOptions::default()
+        };
+        let engine = load(&example_manifest(), &options).unwrap();
+        assert_eq!(inference_core::InferenceEngine::info(&engine).device, "cpu");
+    }
+
+    #[test]
+    fn unknown_device_is_refused() {
+        for device in ["gpu", "cuda:x", ""] {
+            let options = EngineOptions {
+                device: device.into(),
+                ..EngineOptions::default()
+            };
+            let message = load_error(&example_manifest(), &options);
+            assert!(message.contains("unknown device"), "{device}: {message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn several_instances_with_op_thread_pools_match_golden() {
+        let options = EngineOptions {
+            instances: 3,
+            intra_op_threads: Some(2),
+            ..EngineOptions::default()
+        };
+        let engine = load(&example_manifest(), &options).unwrap();
+        assert_eq!(inference_core::InferenceEngine::info(&engine).instances, 3);
+        conformance::check_concurrent_batches(&engine).await;
+        conformance::check_golden_outputs(&engine, 64).await;
+    }
+}

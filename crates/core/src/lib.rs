@@ -4,10 +4,15 @@
 //! and batches as plain owned data, typed errors, and the batching scheduler. It knows
 //! nothing of HTTP, JSON or any backend library.
 
+#[cfg(feature = "testing")]
+pub mod conformance;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod scheduler;
 pub mod tensor;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod worker;
 
 pub use engine::{
@@ -16,6 +21,9 @@ pub use engine::{
 pub use error::{EngineError, ErrorKind};
 pub use model::{
     Activation, Architecture, Batch, ManifestError, ModelManifest, ModelSpec, Sample, TensorSpec,
+};
+pub use scheduler::{
+    InferenceRequest, InferenceResponse, Scheduler, SchedulerConfig, SchedulerStats,
 };
 pub use tensor::{DType, Tensor, TensorData, TensorError};
 pub use worker::{Backend, BackendFactory, WorkerPool};

@@ -1,1 +1,124 @@
-//! placeholder
+//! # inference-server
+//!
+//! The HTTP face of the inference framework: an axum router serving the endpoints of the
+//! PyTorch Inference Framework API in front of any `inference_core::InferenceEngine`.
+//! `main` only loads the configuration, binds and serves; everything else is here so tests
+//! can drive the router directly.
+
+pub mod backends;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod state;
+pub mod telemetry;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use std::future::Future;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+pub use config::{Cli, Config};
+pub use state::{AppState, StartupError};
+
+/// The application router with every endpoint and middleware.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config().server.max_body_bytes;
+    Router::new()
+        .route("/", get(routes::root))
+        .route("/health", get(routes::health))
+        .route("/models", get(routes::models))
+        .route("/stats", get(routes::stats))
+        .route("/config", get(routes::config))
+        .route("/predict", post(routes::predict))
+        .route("/predict/batch", post(routes::predict_batch))
+        .route("/examples/simple", post(routes::example_simple))
+        .route("/examples/batch", post(routes::example_batch))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(telemetry::log_request))
+        // Outermost: the id exists before logging and handlers, and goes back on the response.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then stops accepting, lets
+/// in-flight requests finish within the configured drain timeout, and drains the queues.
+pub async fn serve_until(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let drain = state.config().drain_timeout();
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutdown signal received: draining in-flight requests");
+        let _ = signalled_tx.send(());
+    });
+    let server = tokio::spawn(async move { server.await });
+    let result = tokio::select! {
+        joined = server => joined.map_err(std::io::Error::other)?,
+        () = async {
+            // Only a signalled shutdown starts the drain clock.
+            if signalled_rx.await.is_ok() {
+                tokio::time::sleep(drain).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!(?drain, "drain timeout passed with requests still in flight");
+            Ok(())
+        }
+    };
+    state.shutdown().await;
+    result
+}
+
+/// Loads the configured model and serves it until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let addr = format!("{}:{}", config.server.host, config.server.port);
+    let state = AppState::from_config(config).await?;
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let local: SocketAddr = listener.local_addr()?;
+    let info = state.default_model().info();
+    tracing::info!(
+        address = %local,
+        model = info.model.name,
+        backend = info.backend,
+        device = info.device,
+        "listening on http://{local}"
+    );
+    serve_until(listener, state, shutdown_signal()).await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}

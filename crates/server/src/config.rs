@@ -1,0 +1,543 @@
+//! Configuration: built-in defaults ← `inference.toml` (or `--config PATH`) ← `INFERENCE_…`
+//! environment variables (nested keys joined by `__`) ← command-line flags.
+
+use crate::backends;
+use clap::Parser;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use inference_core::EngineOptions;
+use inference_core::scheduler::SchedulerConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The configuration file read when `--config` is not given (if it exists).
+pub const DEFAULT_CONFIG_FILE: &str = "inference.toml";
+
+/// Command-line flags; each one given overrides every other source.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "inference-server",
+    version,
+    about = "Serve PyTorch and ONNX models over HTTP"
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: ./inference.toml when it exists.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on (0 picks a free port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Inference backend: one of the backends compiled into this binary.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Directory holding the model's `model.toml`.
+    #[arg(long, value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Log line format: `text` or `json`.
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+/// The whole effective configuration, as `GET /config` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub model: ModelConfig,
+    pub batching: BatchingConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Largest request body accepted, in bytes (413 past it).
+    pub max_body_bytes: usize,
+    /// Most samples in one `/predict/batch` request (413 past it).
+    pub max_batch_inputs: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal, in seconds.
+    pub drain_timeout_secs: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Directory with the model's `model.toml` and weights.
+    pub dir: PathBuf,
+    /// `candle`, `ort` or `tch`: must be compiled into this binary.
+    pub backend: String,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
+    /// Engine workers, each with its own model instance.
+    pub instances: usize,
+    /// Threads one forward pass may use (unset: the library's default).
+    pub intra_op_threads: Option<usize>,
+    /// ONNX Runtime graph optimization: `disable`, `basic`, `extended` or `all`.
+    pub graph_optimization: String,
+    /// Path of `libonnxruntime.so` (else `ORT_DYLIB_PATH`, else what `cargo xtask setup` installed).
+    pub ort_library: Option<PathBuf>,
+    /// Run a zero batch through the model before accepting requests.
+    pub warmup: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// Most rows merged into one forward pass.
+    pub max_batch_size: usize,
+    /// How long a forward pass may wait for more rows, in milliseconds (0: never wait).
+    pub max_queue_delay_ms: f64,
+    /// Most rows waiting; more are refused with 429.
+    pub max_queue_size: usize,
+    /// Deadline of requests that set no `timeout`, in seconds (unset: none).
+    pub default_timeout_secs: Option<f64>,
+    /// Seconds a waiting row takes to gain one priority level, so low priorities never starve.
+    pub priority_aging_secs: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A `RUST_LOG`-style filter; the `RUST_LOG` variable overrides it when set.
+    pub filter: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            max_body_bytes: 2 * 1024 * 1024,
+            max_batch_inputs: 1024,
+            drain_timeout_secs: 30.0,
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        let engine = EngineOptions::default();
+        Self {
+            dir: PathBuf::from("models/example"),
+            backend: "candle".into(),
+            device: engine.device,
+            instances: engine.instances,
+            intra_op_threads: engine.intra_op_threads,
+            graph_optimization: engine.graph_optimization,
+            ort_library: None,
+            warmup: true,
+        }
+    }
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        let scheduler = SchedulerConfig::default();
+        Self {
+            max_batch_size: scheduler.max_batch_size,
+            max_queue_delay_ms: scheduler.max_queue_delay.as_secs_f64() * 1000.0,
+            max_queue_size: scheduler.max_queue_size,
+            default_timeout_secs: scheduler.default_timeout.map(|t| t.as_secs_f64()),
+            priority_aging_secs: scheduler.priority_aging.as_secs_f64(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message names the key, the value and what is
+/// allowed, on one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn invalid(key: &str, value: impl std::fmt::Display, allowed: &str) -> Self {
+        Self(format!("invalid configuration: {key} = {value}: {allowed}"))
+    }
+}
+
+impl Config {
+    /// Reads every source in order of precedence and validates the result.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        Self::load_from(cli, Env::prefixed("INFERENCE_").split("__"))
+    }
+
+    fn load_from(cli: &Cli, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match &cli.config {
+            Some(path) if !path.is_file() => {
+                return Err(ConfigError(format!(
+                    "invalid configuration: --config {}: no such file",
+                    path.display()
+                )));
+            }
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
+        }
+        let config: Config = figment
+            .merge(env)
+            .merge(Serialized::defaults(CliOverrides::from(cli)))
+            .extract()
+            .map_err(|err| ConfigError(one_line_figment_error(err)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let backend = &self.model.backend;
+        if !backends::COMPILED.contains(&backend.as_str()) {
+            let hint = if backends::KNOWN.contains(&backend.as_str()) {
+                format!(
+                    "this binary was built without it (rebuild with `--features {backend}`); compiled in: {}",
+                    backends::COMPILED.join(", ")
+                )
+            } else {
+                format!("allowed: {}", backends::COMPILED.join(", "))
+            };
+            return Err(ConfigError::invalid(
+                "model.backend",
+                quoted(backend),
+                &hint,
+            ));
+        }
+        if !is_valid_device(&self.model.device) {
+            return Err(ConfigError::invalid(
+                "model.device",
+                quoted(&self.model.device),
+                "allowed: cpu, cuda, cuda:N, auto",
+            ));
+        }
+        if !["disable", "basic", "extended", "all"]
+            .contains(&self.model.graph_optimization.as_str())
+        {
+            return Err(ConfigError::invalid(
+                "model.graph_optimization",
+                quoted(&self.model.graph_optimization),
+                "allowed: disable, basic, extended, all",
+            ));
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return Err(ConfigError::invalid(
+                "log.format",
+                quoted(&self.log.format),
+                "allowed: text, json",
+            ));
+        }
+        let positive = [
+            ("model.instances", self.model.instances),
+            ("batching.max_batch_size", self.batching.max_batch_size),
+            ("batching.max_queue_size", self.batching.max_queue_size),
+            ("server.max_batch_inputs", self.server.max_batch_inputs),
+            ("server.max_body_bytes", self.server.max_body_bytes),
+        ];
+        if let Some((key, value)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::invalid(key, value, "must be at least 1"));
+        }
+        let seconds = [
+            (
+                "batching.max_queue_delay_ms",
+                Some(self.batching.max_queue_delay_ms),
+            ),
+            (
+                "batching.default_timeout_secs",
+                self.batching.default_timeout_secs,
+            ),
+            (
+                "batching.priority_aging_secs",
+                Some(self.batching.priority_aging_secs),
+            ),
+            (
+                "server.drain_timeout_secs",
+                Some(self.server.drain_timeout_secs),
+            ),
+        ];
+        for (key, value) in seconds {
+            if let Some(v) = value
+                && !(0.0..1e9).contains(&v)
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    v,
+                    "must be a finite number of at least 0",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The model directory, resolved: a relative path that does not exist under the working
+    /// directory is tried under the repository root, so the example model is found from
+    /// anywhere inside a checkout.
+    pub fn model_dir(&self) -> PathBuf {
+        let dir = &self.model.dir;
+        if dir.is_relative() && !dir.exists() {
+            let in_repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../..")
+                .join(dir);
+            if in_repo.exists() {
+                return in_repo;
+            }
+        }
+        dir.clone()
+    }
+
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            device: self.model.device.clone(),
+            instances: self.model.instances,
+            intra_op_threads: self.model.intra_op_threads,
+            graph_optimization: self.model.graph_optimization.clone(),
+            runtime_library: self.model.ort_library.clone(),
+        }
+    }
+
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        let batching = &self.batching;
+        SchedulerConfig {
+            max_batch_size: batching.max_batch_size,
+            max_queue_delay: Duration::from_secs_f64(batching.max_queue_delay_ms / 1000.0),
+            max_queue_size: batching.max_queue_size,
+            default_timeout: batching.default_timeout_secs.map(Duration::from_secs_f64),
+            priority_aging: Duration::from_secs_f64(batching.priority_aging_secs),
+            ..SchedulerConfig::default()
+        }
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.server.drain_timeout_secs)
+    }
+}
+
+fn quoted(value: &str) -> String {
+    format!("{value:?}")
+}
+
+fn is_valid_device(device: &str) -> bool {
+    match device {
+        "cpu" | "cuda" | "auto" => true,
+        other => other
+            .strip_prefix("cuda:")
+            .is_some_and(|n| !n.is_empty() && n.parse::<u32>().is_ok()),
+    }
+}
+
+/// figment's errors can span lines and carry the full source chain; the startup contract is
+/// one line naming the key.
+fn one_line_figment_error(err: figment::Error) -> String {
+    let key = err.path.join(".");
+    let source = err
+        .metadata
+        .as_ref()
+        .map(|m| format!(" (from {})", m.name))
+        .unwrap_or_default();
+    let what = err.kind.to_string().replace('\n', " ");
+    if key.is_empty() {
+        format!("invalid configuration{source}: {what}")
+    } else {
+        format!("invalid configuration: {key}{source}: {what}")
+    }
+}
+
+/// Only the flags that were given, nested like the configuration so they merge on top.
+#[derive(Debug, Default, Serialize)]
+struct CliOverrides {
+    #[serde(skip_serializing_if = "ServerOverrides::is_empty")]
+    server: ServerOverrides,
+    #[serde(skip_serializing_if = "ModelOverrides::is_empty")]
+    model: ModelOverrides,
+    #[serde(skip_serializing_if = "LogOverrides::is_empty")]
+    log: LogOverrides,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ServerOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ModelOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct LogOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<String>,
+}
+
+impl ServerOverrides {
+    fn is_empty(&self) -> bool {
+        self.host.is_none() && self.port.is_none()
+    }
+}
+
+impl ModelOverrides {
+    fn is_empty(&self) -> bool {
+        self.backend.is_none() && self.dir.is_none()
+    }
+}
+
+impl LogOverrides {
+    fn is_empty(&self) -> bool {
+        self.format.is_none()
+    }
+}
+
+impl From<&Cli> for CliOverrides {
+    fn from(cli: &Cli) -> Self {
+        Self {
+            server: ServerOverrides {
+                host: cli.host.clone(),
+                port: cli.port,
+            },
+            model: ModelOverrides {
+                backend: cli.backend.clone(),
+                dir: cli.model_dir.clone(),
+            },
+            log: LogOverrides {
+                format: cli.log_format.clone(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+// figment's Jail closures return its large error type by design.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        Config::load_from(cli, Env::prefixed("INFERENCE_").split("__"))
+    }
+
+    #[test]
+    fn defaults_serve_the_example_model_with_candle_on_port_8000() {
+        Jail::expect_with(|_jail| {
+            let config = load(&Cli::default()).unwrap();
+            assert_eq!(config.server.port, 8000);
+            assert_eq!(config.server.host, "127.0.0.1");
+            assert_eq!(config.model.backend, "candle");
+            assert_eq!(config.model.dir, PathBuf::from("models/example"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn precedence_is_defaults_then_file_then_env_then_cli() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "inference.toml",
+                "[server]\nport = 7000\nhost = \"0.0.0.0\"\n[log]\nformat = \"json\"\n",
+            )?;
+            let from_file = load(&Cli::default()).unwrap();
+            assert_eq!(from_file.server.port, 7000);
+            assert_eq!(from_file.log.format, "json");
+
+            jail.set_env("INFERENCE_SERVER__PORT", "9000");
+            let from_env = load(&Cli::default()).unwrap();
+            assert_eq!(from_env.server.port, 9000);
+            assert_eq!(from_env.server.host, "0.0.0.0", "file value kept");
+
+            let cli = Cli {
+                port: Some(9100),
+                log_format: Some("text".into()),
+                ..Cli::default()
+            };
+            let from_cli = load(&cli).unwrap();
+            assert_eq!(from_cli.server.port, 9100);
+            assert_eq!(from_cli.log.format, "text");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn explicit_config_path_is_read_and_a_missing_one_is_an_error() {
+        Jail::expect_with(|jail| {
+            jail.create_file("other.toml", "[batching]\nmax_batch_size = 4\n")?;
+            let cli = Cli {
+                config: Some("other.toml".into()),
+                ..Cli::default()
+            };
+            assert_eq!(load(&cli).unwrap().batching.max_batch_size, 4);
+            let missing = Cli {
+                config: Some("nope.toml".into()),
+                ..Cli::default()
+            };
+            let err = load(&missing).unwrap_err().to_string();
+            assert!(err.contains("nope.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_backend_not_compiled_in_names_the_compiled_list() {
+        Jail::expect_with(|_jail| {
+            let cli = Cli {
+                backend: Some("tensorflow".into()),
+                ..Cli::default()
+            };
+            let err = load(&cli).unwrap_err().to_string();
+            assert!(err.contains("model.backend"), "{err}");
+            assert!(err.contains("\"tensorflow\""), "{err}");
+            assert!(err.contains(&backends::COMPILED.join(", ")), "{err}");
+            assert!(!err.contains('\n'));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_the_key_on_one_line() {
+        Jail::expect_with(|jail| {
+            jail.set_env("INFERENCE_SERVER__PORT", "eighty");
+            let err = load(&Cli::default()).unwrap_err().to_string();
+            assert!(err.contains("server.port"), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("INFERENCE_MODEL__DEVICE", "tpu");
+            let err = load(&Cli::default()).unwrap_err().to_string();
+            assert!(
+                err.contains("model.device") && err.contains("cuda:N"),
+                "{err}"
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("inference.toml", "[server]\nprot = 1\n")?;
+            let err = load(&Cli::default()).unwrap_err().to_string();
+            assert!(err.contains("prot"), "{err}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("INFERENCE_BATCHING__MAX_BATCH_SIZE", "0");
+            let err = load(&Cli::default()).unwrap_err().to_string();
+            assert!(err.contains("batching.max_batch_size"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,760 @@
+//! The HTTP endpoints of API.md.
+
+use crate::codec::{JsonBody, Prediction, decode_sample};
+use crate::error::ApiError;
+use crate::state::{AppState, ModelHandle};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use inference_core::scheduler::{InferenceRequest, SchedulerStats};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// The crate version, reported as `framework_version`.
+pub const FRAMEWORK_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The fixed inputs of `POST /examples/batch`.
+const EXAMPLE_BATCH_INPUTS: [f64; 5] = [1.0, 2.0, 3.0, 4.0, 5.0];
+const EXAMPLE_SIMPLE_DEFAULT_INPUT: f64 = 42.0;
+const PARTIAL_FAILURE_WARNING: &str =
+    "Some predictions in the batch failed - see failed_indices for details";
+
+// ---------------------------------------------------------------------------------------
+// Request bodies
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    pub inputs: Value,
+    #[serde(default)]
+    pub priority: i32,
+    /// Seconds the client is willing to wait.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SimpleExampleRequest {
+    #[serde(default = "default_simple_input")]
+    pub input: Value,
+}
+
+fn default_simple_input() -> Value {
+    json!(EXAMPLE_SIMPLE_DEFAULT_INPUT)
+}
+
+// ---------------------------------------------------------------------------------------
+// Response bodies
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ProcessingTime {
+    pub preprocessing_ms: f64,
+    pub inference_ms: f64,
+    pub postprocessing_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub model: String,
+    pub backend: String,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Metadata {
+    pub framework_version: &'static str,
+    pub model_version: String,
+    pub backend: String,
+    pub device: String,
+    pub input_shape: Vec<i64>,
+    pub output_shape: Vec<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_processing: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub individual_inference_times: Option<Vec<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processing_time: Option<ProcessingTime>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchInfo {
+    pub batch_size: usize,
+    pub successful_predictions: usize,
+    pub failed_predictions: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_indices: Option<Vec<usize>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reasons: Option<Vec<String>>,
+    pub processing_time: ProcessingTime,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PredictResponse {
+    pub success: bool,
+    pub result: Prediction,
+    pub prediction: Prediction,
+    pub model_name: String,
+    pub inference_time_ms: f64,
+    pub processing_time: ProcessingTime,
+    pub timestamp: String,
+    pub request_id: String,
+    pub model_info: ModelInfo,
+    pub metadata: Metadata,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BatchPredictResponse {
+    pub success: bool,
+    pub results: Vec<Option<Prediction>>,
+    pub predictions: Vec<Option<Prediction>>,
+    pub batch_size: usize,
+    pub model_name: String,
+    pub inference_time_ms: f64,
+    pub processing_time: ProcessingTime,
+    pub timestamp: String,
+    pub request_id: String,
+    pub batch_info: BatchInfo,
+    pub model_info: ModelInfo,
+    pub metadata: Metadata,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExampleBatchInner {
+    pub success: bool,
+    pub predictions: Vec<Option<Prediction>>,
+    pub model_name: String,
+    pub inference_time_ms: f64,
+    pub timestamp: String,
+    pub request_id: String,
+    pub batch_info: BatchInfo,
+    pub metadata: Metadata,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExampleBatchResponse {
+    pub example: &'static str,
+    pub input_count: usize,
+    pub response: ExampleBatchInner,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExampleSimpleInner {
+    pub success: bool,
+    pub prediction: Prediction,
+    pub model_name: String,
+    pub inference_time_ms: f64,
+    pub timestamp: String,
+    pub request_id: String,
+    pub metadata: Metadata,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExampleSimpleResponse {
+    pub example: &'static str,
+    pub input: Value,
+    pub response: ExampleSimpleInner,
+}
+
+// ---------------------------------------------------------------------------------------
+// The shared inference path
+// ---------------------------------------------------------------------------------------
+
+/// What one request's samples produced, with every phase measured.
+#[derive(Debug)]
+struct Outcome {
+    predictions: Vec<Option<Prediction>>,
+    failures: Vec<(usize, String)>,
+    /// Per input index: enqueue to result, in milliseconds (0 for a failed sample).
+    row_times_ms: Vec<f64>,
+    processing: ProcessingTime,
+    queue_ms: f64,
+    total_ms: f64,
+}
+
+impl Outcome {
+    fn batch_info(&self) -> BatchInfo {
+        let failed = self.failures.len();
+        BatchInfo {
+            batch_size: self.predictions.len(),
+            successful_predictions: self.predictions.len() - failed,
+            failed_predictions: failed,
+            failed_indices: (failed > 0).then(|| self.failures.iter().map(|(i, _)| *i).collect()),
+            failure_reasons: (failed > 0).then(|| {
+                self.failures
+                    .iter()
+                    .map(|(i, reason)| format!("Input validation failed for index {i}: {reason}"))
+                    .collect()
+            }),
+            processing_time: self.processing,
+        }
+    }
+
+    fn warnings(&self) -> Option<Vec<String>> {
+        (!self.failures.is_empty()).then(|| vec![PARTIAL_FAILURE_WARNING.to_string()])
+    }
+
+    /// Adds the timing headers every inference response carries.
+    fn with_headers(&self, body: impl IntoResponse) -> Response {
+        let mut response = body.into_response();
+        let headers = response.headers_mut();
+        for (name, ms) in [
+            ("x-queue-time", self.queue_ms),
+            ("x-inference-time", self.processing.inference_ms),
+            ("x-total-time", self.total_ms),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&format!("{ms:.3}")) {
+                headers.insert(name, value);
+            }
+        }
+        response
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// Decodes every sample, runs the valid ones as one request through the model's scheduler,
+/// and places each output back at its input's index. Fails as a whole only when no sample
+/// is valid or the engine fails.
+async fn infer(
+    model: &ModelHandle,
+    samples: &[Value],
+    priority: i32,
+    timeout: Option<Duration>,
+) -> Result<Outcome, ApiError> {
+    let started = Instant::now();
+    let spec = &model.info().model;
+    let mut valid = Vec::with_capacity(samples.len());
+    let mut valid_indices = Vec::with_capacity(samples.len());
+    let mut failures = Vec::new();
+    for (index, value) in samples.iter().enumerate() {
+        match decode_sample(value, spec) {
+            Ok(sample) => {
+                valid.push(sample);
+                valid_indices.push(index);
+            }
+            Err(reason) => failures.push((index, reason)),
+        }
+    }
+    if valid.is_empty() {
+        return Err(ApiError::UnprocessableList(
+            failures
+                .into_iter()
+                .map(|(i, reason)| format!("input {i}: {reason}"))
+                .collect(),
+        ));
+    }
+    let preprocessing = started.elapsed();
+
+    let response = model
+        .scheduler
+        .submit(InferenceRequest {
+            samples: valid,
+            priority,
+            timeout,
+        })
+        .await?;
+
+    let post_started = Instant::now();
+    let mut predictions: Vec<Option<Prediction>> = vec![None; samples.len()];
+    let mut row_times_ms = vec![0.0; samples.len()];
+    for ((index, output), latency) in valid_indices
+        .iter()
+        .zip(response.outputs)
+        .zip(&response.row_latencies)
+    {
+        predictions[*index] = Some(Prediction::new(spec, output));
+        row_times_ms[*index] = millis(*latency);
+    }
+    let postprocessing = post_started.elapsed();
+    Ok(Outcome {
+        predictions,
+        failures,
+        row_times_ms,
+        processing: ProcessingTime {
+            preprocessing_ms: millis(preprocessing),
+            inference_ms: millis(response.inference_time),
+            postprocessing_ms: millis(postprocessing),
+        },
+        queue_ms: millis(response.queue_time),
+        total_ms: millis(started.elapsed()),
+    })
+}
+
+fn timeout_of(seconds: Option<f64>) -> Result<Option<Duration>, ApiError> {
+    seconds
+        .map(|s| {
+            if s > 0.0 {
+                Duration::try_from_secs_f64(s).ok()
+            } else {
+                None
+            }
+            .ok_or_else(|| {
+                ApiError::Unprocessable(format!(
+                    "timeout must be a positive number of seconds, got {s}"
+                ))
+            })
+        })
+        .transpose()
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_default()
+}
+
+/// ISO 8601 UTC with milliseconds, e.g. `2025-08-14T10:30:00.000Z`.
+pub fn timestamp() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+fn model_info(model: &ModelHandle) -> ModelInfo {
+    let info = model.info();
+    ModelInfo {
+        model: info.model.name.clone(),
+        backend: info.backend.clone(),
+        device: info.device.clone(),
+    }
+}
+
+/// Per-sample shapes; `batch` prepends the batch dimension.
+fn metadata(model: &ModelHandle, batch: Option<usize>) -> Metadata {
+    let info = model.info();
+    let shape = |specs: &[inference_core::TensorSpec]| -> Vec<i64> {
+        let per_sample = specs.first().map(|s| s.shape.clone()).unwrap_or_default();
+        batch
+            .map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+            .into_iter()
+            .chain(per_sample)
+            .collect()
+    };
+    Metadata {
+        framework_version: FRAMEWORK_VERSION,
+        model_version: info.model.version.clone(),
+        backend: info.backend.clone(),
+        device: info.device.clone(),
+        input_shape: shape(&info.model.inputs),
+        output_shape: shape(&info.model.outputs),
+        batch_processing: None,
+        individual_inference_times: None,
+        processing_time: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Handlers
+// ---------------------------------------------------------------------------------------
+
+/// `POST /predict`: one sample.
+pub async fn predict(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PredictRequest>,
+) -> Result<Response, ApiError> {
+    let model = state.model(body.model.as_deref())?;
+    let timeout = timeout_of(body.timeout)?;
+    let outcome = infer(
+        model,
+        std::slice::from_ref(&body.inputs),
+        body.priority,
+        timeout,
+    )
+    .await
+    .map_err(|err| match err {
+        // A single sample's reasons read better as one sentence.
+        ApiError::UnprocessableList(reasons) => ApiError::Unprocessable(
+            reasons
+                .join("; ")
+                .trim_start_matches("input 0: ")
+                .to_string(),
+        ),
+        other => other,
+    })?;
+    let prediction = outcome.predictions[0]
+        .clone()
+        .ok_or_else(|| ApiError::Internal("the sample produced no output".into()))?;
+    let body = PredictResponse {
+        success: true,
+        result: prediction.clone(),
+        prediction,
+        model_name: model.info().model.name.clone(),
+        inference_time_ms: outcome.total_ms,
+        processing_time: outcome.processing,
+        timestamp: timestamp(),
+        request_id: request_id(&headers),
+        model_info: model_info(model),
+        metadata: metadata(model, None),
+    };
+    Ok(outcome.with_headers(Json(body)))
+}
+
+/// `POST /predict/batch`: many samples; a bad one fails only itself.
+pub async fn predict_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PredictRequest>,
+) -> Result<Response, ApiError> {
+    let model = state.model(body.model.as_deref())?;
+    let timeout = timeout_of(body.timeout)?;
+    let Value::Array(samples) = &body.inputs else {
+        return Err(ApiError::Unprocessable(
+            "inputs must be a list of samples".into(),
+        ));
+    };
+    if samples.is_empty() {
+        return Err(ApiError::Unprocessable(
+            "inputs is empty: send at least one sample".into(),
+        ));
+    }
+    let cap = state.config().server.max_batch_inputs;
+    if samples.len() > cap {
+        return Err(ApiError::TooLarge(format!(
+            "{} samples in one request; the limit is {cap} (server.max_batch_inputs)",
+            samples.len()
+        )));
+    }
+    let outcome = infer(model, samples, body.priority, timeout).await?;
+    let batch_info = outcome.batch_info();
+    let mut meta = metadata(model, Some(samples.len()));
+    meta.batch_processing = Some(true);
+    meta.individual_inference_times = Some(outcome.row_times_ms.clone());
+    let body = BatchPredictResponse {
+        success: batch_info.successful_predictions > 0,
+        results: outcome.predictions.clone(),
+        predictions: outcome.predictions.clone(),
+        batch_size: samples.len(),
+        model_name: model.info().model.name.clone(),
+        inference_time_ms: outcome.total_ms,
+        processing_time: outcome.processing,
+        timestamp: timestamp(),
+        request_id: request_id(&headers),
+        batch_info,
+        model_info: model_info(model),
+        metadata: meta,
+        warnings: outcome.warnings(),
+    };
+    Ok(outcome.with_headers(Json(body)))
+}
+
+/// `POST /examples/batch`: the fixed inputs 1..5 through the default model as one batch.
+/// The body is ignored.
+pub async fn example_batch(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let model = state.default_model();
+    let samples: Vec<Value> = EXAMPLE_BATCH_INPUTS.iter().map(|&x| json!(x)).collect();
+    let outcome = match infer(model, &samples, 0, None).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            let status = err.status();
+            let status = if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                status
+            };
+            return (
+                status,
+                Json(json!({ "detail": format!("Batch inference failed: {err}") })),
+            )
+                .into_response();
+        }
+    };
+    let mut meta = metadata(model, Some(samples.len()));
+    meta.batch_processing = Some(true);
+    meta.individual_inference_times = Some(outcome.row_times_ms.clone());
+    let batch_info = outcome.batch_info();
+    let body = ExampleBatchResponse {
+        example: "batch_prediction",
+        input_count: samples.len(),
+        response: ExampleBatchInner {
+            success: batch_info.successful_predictions > 0,
+            predictions: outcome.predictions.clone(),
+            model_name: model.info().model.name.clone(),
+            inference_time_ms: outcome.total_ms,
+            timestamp: timestamp(),
+            request_id: request_id(&headers),
+            batch_info,
+            metadata: meta,
+            warnings: outcome.warnings(),
+        },
+    };
+    outcome.with_headers(Json(body))
+}
+
+/// `POST /examples/simple`: one prediction for `input` (42 when absent).
+pub async fn example_simple(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SimpleExampleRequest>,
+) -> Result<Response, ApiError> {
+    let model = state.default_model();
+    let outcome = infer(model, std::slice::from_ref(&body.input), 0, None)
+        .await
+        .map_err(|err| match err {
+            ApiError::UnprocessableList(reasons) => ApiError::Unprocessable(reasons.join("; ")),
+            other => other,
+        })?;
+    let prediction = outcome.predictions[0]
+        .clone()
+        .ok_or_else(|| ApiError::Internal("the sample produced no output".into()))?;
+    let mut meta = metadata(model, None);
+    meta.processing_time = Some(outcome.processing);
+    let response = ExampleSimpleResponse {
+        example: "simple_prediction",
+        input: body.input,
+        response: ExampleSimpleInner {
+            success: true,
+            prediction,
+            model_name: model.info().model.name.clone(),
+            inference_time_ms: outcome.total_ms,
+            timestamp: timestamp(),
+            request_id: request_id(&headers),
+            metadata: meta,
+        },
+    };
+    Ok(outcome.with_headers(Json(response)))
+}
+
+/// Resident memory of this process, read from `/proc` (None where it is not available).
+fn resident_memory_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn engine_stats(stats: &SchedulerStats) -> Value {
+    json!({
+        "requests_processed": stats.requests_processed,
+        "batches_processed": stats.batches_processed,
+        "average_batch_size": stats.average_batch_size,
+        "errors": stats.errors,
+        "average_processing_time": stats.average_row_latency_ms,
+        "throughput_rps": stats.requests_per_second,
+        "queue_size": stats.queue_size,
+        "running": stats.running,
+        "memory_usage": { "cpu_memory_mb": resident_memory_mb() },
+    })
+}
+
+/// `GET /health`: probes the default model with one zero sample; 503 when unhealthy.
+pub async fn health(State(state): State<AppState>) -> Response {
+    let model = state.default_model();
+    let info = model.info();
+    let stats = model.scheduler.stats();
+    let probe = model.scheduler.engine().health().await;
+    let capacity = model.scheduler.config().max_queue_size;
+    // Healthy while at most 90% of the queue is taken: past that, 429s are imminent.
+    let queue_healthy = stats.queue_size * 10 <= capacity * 9;
+    let healthy = stats.running && probe.healthy;
+    let mut checks = json!({
+        "engine_running": stats.running,
+        "model_loaded": true,
+        "backend": info.backend,
+        "device": info.device,
+        "model": info.model.name,
+        "queue_size": stats.queue_size,
+        "queue_healthy": queue_healthy,
+        "test_inference_ms": millis(probe.probe_time),
+        "inference_healthy": probe.healthy,
+    });
+    if let Some(error) = probe.error {
+        checks["inference_error"] = json!(error);
+    }
+    let body = json!({
+        "healthy": healthy,
+        "checks": checks,
+        "timestamp": timestamp(),
+        "engine_stats": engine_stats(&stats),
+    });
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `GET /stats`: the engine statistics plus latency percentiles and batching detail.
+pub async fn stats(State(state): State<AppState>) -> Json<Value> {
+    let model = state.default_model();
+    let stats = model.scheduler.stats();
+    let mut body = engine_stats(&stats);
+    let extra = json!({
+        "model_name": model.info().model.name,
+        "backend": model.info().backend,
+        "device": model.info().device,
+        "requests_failed": stats.requests_failed,
+        "rejected": stats.rejected,
+        "expired": stats.expired,
+        "cancelled": stats.cancelled,
+        "rows_processed": stats.rows_processed,
+        "rows_per_second": stats.rows_per_second,
+        "max_batch_size_seen": stats.max_batch_size_seen,
+        "batch_size_histogram": stats.batch_size_histogram,
+        "average_queue_time_ms": stats.average_queue_time_ms,
+        "average_inference_time_ms": stats.average_inference_time_ms,
+        "average_row_latency_ms": stats.average_row_latency_ms,
+        "latency_percentiles_ms": {
+            "p50": stats.latency_p50_ms,
+            "p95": stats.latency_p95_ms,
+            "p99": stats.latency_p99_ms,
+        },
+        "uptime_seconds": stats.uptime.as_secs_f64(),
+        "timestamp": timestamp(),
+    });
+    if let (Value::Object(base), Value::Object(more)) = (&mut body, extra) {
+        base.extend(more);
+    }
+    Json(body)
+}
+
+/// `GET /models`: every loaded model with its backend, device, shapes and version.
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    let default = state.default_model().info().model.name.clone();
+    let models: Vec<Value> = state
+        .models()
+        .map(|handle| {
+            let info = handle.info();
+            let meta = metadata(handle, None);
+            json!({
+                "name": info.model.name,
+                "version": info.model.version,
+                "backend": info.backend,
+                "device": info.device,
+                "instances": info.instances,
+                "input_shape": meta.input_shape,
+                "output_shape": meta.output_shape,
+                "inputs": info.model.inputs,
+                "outputs": info.model.outputs,
+                "loaded": true,
+                "default": info.model.name == default,
+            })
+        })
+        .collect();
+    Json(json!({
+        "models": models,
+        "default_model": default,
+        "count": models.len(),
+    }))
+}
+
+/// `GET /config`: the effective configuration, secrets redacted.
+pub async fn config(State(state): State<AppState>) -> Json<Value> {
+    let mut value = serde_json::to_value(state.config()).unwrap_or(Value::Null);
+    redact(&mut value);
+    Json(value)
+}
+
+/// Replaces the value of every key that looks like a secret.
+fn redact(value: &mut Value) {
+    const SECRET_WORDS: [&str; 4] = ["key", "token", "secret", "password"];
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                let lower = key.to_ascii_lowercase();
+                if SECRET_WORDS.iter().any(|w| lower.contains(w)) && !inner.is_null() {
+                    *inner = json!("***");
+                } else {
+                    redact(inner);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// `GET /`: what this server is and where its endpoints are.
+pub async fn root(State(state): State<AppState>) -> Json<Value> {
+    let model = state.default_model();
+    Json(json!({
+        "name": "inference-server",
+        "description": "PyTorch Inference Framework API, served in Rust",
+        "version": FRAMEWORK_VERSION,
+        "status": "running",
+        "timestamp": timestamp(),
+        "default_model": model.info().model.name,
+        "backend": model.info().backend,
+        "device": model.info().device,
+        "uptime_seconds": state.started().elapsed().as_secs_f64(),
+        "endpoints": {
+            "root": "GET /",
+            "health": "GET /health",
+            "models": "GET /models",
+            "stats": "GET /stats",
+            "config": "GET /config",
+            "predict": "POST /predict",
+            "predict_batch": "POST /predict/batch",
+            "example_simple": "POST /examples/simple",
+            "example_batch": "POST /examples/batch",
+        },
+    }))
+}
+
+pub async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({ "detail": format!("method {method} is not allowed on {}", uri.path()) })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_secret_values_only() {
+        let mut value = json!({"server": {"api_key": "abc", "port": 1}, "token": null});
+        redact(&mut value);
+        assert_eq!(
+            value,
+            json!({"server": {"api_key": "***", "port": 1}, "token": null})
+        );
+    }
+
+    #[test]
+    fn timeout_must_be_positive_and_finite() {
+        assert_eq!(timeout_of(None).unwrap(), None);
+        assert_eq!(
+            timeout_of(Some(1.5)).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        assert!(timeout_of(Some(0.0)).is_err());
+        assert!(timeout_of(Some(-1.0)).is_err());
+        assert!(timeout_of(Some(1e30)).is_err());
+    }
+
+    #[test]
+    fn timestamps_are_utc_with_milliseconds() {
+        let ts = timestamp();
+        assert_eq!(ts.len(), "2025-08-14T10:30:00.000Z".len(), "{ts}");
+        assert!(ts.ends_with('Z'));
+        assert!(chrono::DateTime::parse_from_rfc3339(&ts).is_ok());
+    }
+}

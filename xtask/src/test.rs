@@ -1,0 +1,205 @@
+//! `cargo xtask test`: formatting, lints and tests, with every backend that builds here.
+
+use crate::process::{format_duration, workspace_root};
+use crate::setup;
+use anyhow::{Result, bail};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Server features that compile in the backends needing runtime libraries. `--all-features`
+/// is never used: the `cuda` features need a CUDA toolkit that CI machines lack.
+const BACKEND_FEATURES: &[&str] = &["inference-server/ort", "inference-server/tch"];
+
+/// Crates that cannot build or test without the runtimes; `--quick` leaves them out.
+const RUNTIME_CRATES: &[&str] = &["inference-backend-ort", "inference-backend-tch"];
+
+/// Set by users of the pip build of tch; it would make torch-sys ignore `LIBTORCH`.
+const CONFLICTING_VARS: &[&str] = &["LIBTORCH_USE_PYTORCH"];
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TestArgs {
+    /// Skips runtime setup and the ort/tch backends: candle only, nothing to download.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// One cargo invocation of the test run.
+#[derive(Debug, PartialEq, Eq)]
+struct CargoStep {
+    name: &'static str,
+    args: Vec<String>,
+}
+
+impl CargoStep {
+    fn new(name: &'static str, args: &[&str]) -> Self {
+        Self::around(name, args, &[], &[])
+    }
+
+    /// `head`, then the package selection, then `tail`.
+    fn around(name: &'static str, head: &[&str], selection: &[String], tail: &[&str]) -> Self {
+        let head = head.iter().map(|arg| (*arg).to_owned());
+        let tail = tail.iter().map(|arg| (*arg).to_owned());
+        Self {
+            name,
+            args: head.chain(selection.iter().cloned()).chain(tail).collect(),
+        }
+    }
+}
+
+/// Which crates and features clippy and the tests cover.
+fn package_selection(quick: bool) -> Vec<String> {
+    let mut args = vec!["--workspace".to_owned()];
+    if quick {
+        for krate in RUNTIME_CRATES {
+            args.extend(["--exclude".to_owned(), (*krate).to_owned()]);
+        }
+    } else if !BACKEND_FEATURES.is_empty() {
+        args.extend(["--features".to_owned(), BACKEND_FEATURES.join(",")]);
+    }
+    args
+}
+
+fn plan(quick: bool) -> Vec<CargoStep> {
+    let selection = package_selection(quick);
+    let lint_tail = ["--all-targets", "--", "-D", "warnings"];
+    vec![
+        CargoStep::new("fmt", &["fmt", "--all", "--", "--check"]),
+        CargoStep::around("clippy", &["clippy"], &selection, &lint_tail),
+        CargoStep::around("test", &["test"], &selection, &[]),
+    ]
+}
+
+pub(crate) fn run(args: &TestArgs) -> Result<()> {
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let steps = plan(args.quick);
+    let mut commands = Vec::with_capacity(steps.len());
+    for step in &steps {
+        let mut command = Command::new(&cargo);
+        command.args(&step.args).current_dir(&root);
+        commands.push(command);
+    }
+    if !args.quick {
+        let runtimes = setup::ensure_installed()?;
+        for command in &mut commands {
+            for (name, value) in runtimes.build_env() {
+                command.env(name, value);
+            }
+            for name in CONFLICTING_VARS {
+                command.env_remove(name);
+            }
+        }
+        for (name, value) in runtimes.build_env() {
+            eprintln!("env {name}={}", value.display());
+        }
+    }
+    let timings = run_steps(&steps, &mut commands)?;
+    for (name, took) in timings {
+        eprintln!("  {name:<7} {}", format_duration(took));
+    }
+    eprintln!("all {} steps passed", steps.len());
+    Ok(())
+}
+
+/// Runs the steps in order and stops at the first failure.
+fn run_steps(
+    steps: &[CargoStep],
+    commands: &mut [Command],
+) -> Result<Vec<(&'static str, Duration)>> {
+    let mut timings = Vec::with_capacity(steps.len());
+    for (index, (step, command)) in steps.iter().zip(commands).enumerate() {
+        let line = format!("cargo {}", step.args.join(" "));
+        eprintln!("==> [{}/{}] {}: {line}", index + 1, steps.len(), step.name);
+        let started = Instant::now();
+        let status = command.status();
+        let took = started.elapsed();
+        match status {
+            Ok(status) if status.success() => {
+                eprintln!("<== {} passed in {}", step.name, format_duration(took));
+                timings.push((step.name, took));
+            }
+            Ok(status) => bail!(
+                "step `{}` failed ({status}) after {}: {line}",
+                step.name,
+                format_duration(took)
+            ),
+            Err(error) => bail!("step `{}` could not start `{line}`: {error}", step.name),
+        }
+    }
+    Ok(timings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_of<'a>(steps: &'a [CargoStep], name: &str) -> &'a [String] {
+        &steps.iter().find(|step| step.name == name).unwrap().args
+    }
+
+    #[test]
+    fn full_plan_checks_format_lints_and_tests_in_order() {
+        let names: Vec<&str> = plan(false).iter().map(|step| step.name).collect();
+        assert_eq!(names, ["fmt", "clippy", "test"]);
+    }
+
+    #[test]
+    fn full_plan_enables_the_backend_features_but_never_all_features() {
+        let steps = plan(false);
+        let features = BACKEND_FEATURES.join(",");
+        for name in ["clippy", "test"] {
+            let args = args_of(&steps, name);
+            assert!(args.contains(&"--workspace".to_owned()), "{args:?}");
+            assert!(args.contains(&features), "{args:?}");
+        }
+        assert!(
+            steps
+                .iter()
+                .all(|step| !step.args.contains(&"--all-features".to_owned()))
+        );
+    }
+
+    #[test]
+    fn clippy_denies_warnings_on_all_targets() {
+        let steps = plan(false);
+        let clippy = args_of(&steps, "clippy").join(" ");
+        assert!(clippy.contains("--all-targets"), "{clippy}");
+        assert!(clippy.ends_with("-- -D warnings"), "{clippy}");
+    }
+
+    #[test]
+    fn quick_plan_leaves_out_the_runtime_crates_and_features() {
+        let steps = plan(true);
+        for name in ["clippy", "test"] {
+            let args = args_of(&steps, name).join(" ");
+            assert!(!args.contains("--features"), "{args}");
+            for krate in RUNTIME_CRATES {
+                assert!(args.contains(&format!("--exclude {krate}")), "{args}");
+            }
+        }
+    }
+
+    #[test]
+    fn run_steps_stops_at_the_first_failure() {
+        let steps = [
+            CargoStep::new("first", &[]),
+            CargoStep::new("second", &[]),
+            CargoStep::new("third", &[]),
+        ];
+        let mut commands = [
+            Command::new("true"),
+            Command::new("false"),
+            Command::new("true"),
+        ];
+        let error = run_steps(&steps, &mut commands).unwrap_err().to_string();
+        assert!(error.starts_with("step `second` failed"), "{error}");
+    }
+
+    #[test]
+    fn run_steps_times_every_passing_step() {
+        let steps = [CargoStep::new("only", &[])];
+        let timings = run_steps(&steps, &mut [Command::new("true")]).unwrap();
+        assert_eq!(timings.len(), 1);
+        assert_eq!(timings[0].0, "only");
+    }
+}
