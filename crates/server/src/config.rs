@@ -175,7 +175,7 @@ impl ConfigError {
 impl Config {
     /// Reads every source in order of precedence and validates the result.
     pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
-        Self::load_from(cli, Env::prefixed("INFERENCE_").split("__"))
+        Self::load_from(cli, environment())
     }
 
     fn load_from(cli: &Cli, env: Env) -> Result<Self, ConfigError> {
@@ -324,6 +324,14 @@ impl Config {
     }
 }
 
+/// `INFERENCE_…` variables, nested by `__`. `INFERENCE_RUNTIME_DIR` belongs to the runtime
+/// setup (`cargo xtask setup`, the ort backend), not to this configuration.
+fn environment() -> Env {
+    Env::prefixed("INFERENCE_")
+        .split("__")
+        .ignore(&["runtime_dir"])
+}
+
 fn quoted(value: &str) -> String {
     format!("{value:?}")
 }
@@ -431,7 +439,7 @@ mod tests {
     use figment::Jail;
 
     fn load(cli: &Cli) -> Result<Config, ConfigError> {
-        Config::load_from(cli, Env::prefixed("INFERENCE_").split("__"))
+        Config::load_from(cli, environment())
     }
 
     #[test]
@@ -458,6 +466,7 @@ mod tests {
             assert_eq!(from_file.log.format, "json");
 
             jail.set_env("INFERENCE_SERVER__PORT", "9000");
+            jail.set_env("INFERENCE_RUNTIME_DIR", "/elsewhere");
             let from_env = load(&Cli::default()).unwrap();
             assert_eq!(from_env.server.port, 9000);
             assert_eq!(from_env.server.host, "0.0.0.0", "file value kept");

@@ -1,0 +1,212 @@
+//! End-to-end: the real binary on port 0, spoken to over HTTP.
+
+mod common;
+
+use common::*;
+use inference_server::backends;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_inference-server");
+
+/// A server process that is killed if the test ends early.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(BINARY);
+    command.args(["--port", "0"]);
+    if !args.contains(&"--model-dir") {
+        command.arg("--model-dir").arg(example_dir());
+    }
+    command
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("INFERENCE_SERVER__PORT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Starts the binary and waits for its "listening on" line to learn the port.
+fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
+    let mut command = command(args);
+    command.envs(envs.iter().copied());
+    let mut child = command.spawn().expect("server starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server logs its address");
+    Server {
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
+async fn example_batch(base: &str) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/examples/batch"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_binary_serves_http_and_exits_zero_on_sigterm() {
+    let mut server = start(&[], &[]);
+    let health = reqwest::get(format!("{}/health", server.base))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let body = example_batch(&server.base).await;
+    for (i, row) in body["response"]["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        assert_close(row, &golden_for((i + 1) as f64));
+    }
+    let pid = server.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn every_compiled_backend_gives_the_same_predictions() {
+    for backend in backends::COMPILED {
+        let server = start(&["--backend", backend], &[]);
+        let body = example_batch(&server.base).await;
+        let predictions = body["response"]["predictions"].as_array().unwrap();
+        assert_eq!(predictions.len(), 5, "{backend}");
+        for (i, row) in predictions.iter().enumerate() {
+            assert_close(row, &golden_for((i + 1) as f64));
+        }
+        assert_eq!(body["response"]["metadata"]["backend"], *backend);
+        let health: Value = reqwest::get(format!("{}/health", server.base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["checks"]["backend"], *backend);
+    }
+}
+
+/// Runs the binary expecting it to refuse to start; returns its stderr.
+fn refused(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let mut command = command(args);
+    command.envs(envs.iter().copied());
+    let output = command.output().unwrap();
+    assert!(
+        !output.status.success(),
+        "the server should refuse to start"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error_lines.len(), 1, "one error line: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    error_lines[0].to_string()
+}
+
+#[test]
+fn an_unknown_backend_exits_with_one_line_naming_the_compiled_list() {
+    let line = refused(&["--backend", "tensorflow"], &[]);
+    assert!(line.contains("model.backend"), "{line}");
+    assert!(line.contains(&backends::COMPILED.join(", ")), "{line}");
+}
+
+#[test]
+fn ort_without_its_library_exits_with_one_line_naming_the_fix() {
+    let line = refused(
+        &["--backend", "ort"],
+        &[
+            ("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so"),
+            ("INFERENCE_RUNTIME_DIR", "/nonexistent"),
+        ],
+    );
+    if backends::COMPILED.contains(&"ort") {
+        assert!(line.contains("cargo xtask setup"), "{line}");
+        assert!(line.contains("/nonexistent/libonnxruntime.so"), "{line}");
+    } else {
+        assert!(line.contains("--features ort"), "{line}");
+    }
+}
+
+#[test]
+fn a_missing_model_directory_exits_with_one_line() {
+    let line = refused(&["--model-dir", "/nonexistent/model"], &[]);
+    assert!(line.contains("/nonexistent/model"), "{line}");
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_clients_are_merged_into_batches_and_all_answered() {
+    let server = start(&[], &[]);
+    let client = reqwest::Client::new();
+    let golden = golden();
+    let mut tasks = Vec::new();
+    for client_index in 0..64 {
+        let client = client.clone();
+        let base = server.base.clone();
+        let golden = golden.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..5 {
+                let (input, expected) = &golden[(client_index + round) % golden.len()];
+                let response = client
+                    .post(format!("{base}/predict"))
+                    .json(&serde_json::json!({ "inputs": input }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                let body: Value = response.json().await.unwrap();
+                assert_close(&body["result"], expected);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats: Value = reqwest::get(format!("{}/stats", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["requests_processed"], 320);
+    assert!(
+        stats["max_batch_size_seen"].as_u64().unwrap() > 1,
+        "no batch merged concurrent requests: {stats}"
+    );
+    assert!(
+        stats["average_batch_size"].as_f64().unwrap() > 1.0,
+        "{stats}"
+    );
+}
