@@ -1,8 +1,8 @@
 //! `cargo xtask test`: formatting, lints and tests, with every backend that builds here.
 
 use crate::process::{format_duration, workspace_root};
-use crate::setup;
-use anyhow::{Result, bail};
+use crate::setup::{self, Runtimes};
+use anyhow::{Context, Result, bail};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -70,24 +70,12 @@ fn plan(quick: bool) -> Vec<CargoStep> {
 }
 
 pub(crate) fn run(args: &TestArgs) -> Result<()> {
-    let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let steps = plan(args.quick);
-    let mut commands = Vec::with_capacity(steps.len());
-    for step in &steps {
-        let mut command = Command::new(&cargo);
-        command.args(&step.args).current_dir(&root);
-        commands.push(command);
-    }
+    let mut commands = cargo_commands(&steps);
     if !args.quick {
-        let runtimes = setup::ensure_installed()?;
+        let runtimes = timed_setup()?;
         for command in &mut commands {
-            for (name, value) in runtimes.build_env() {
-                command.env(name, value);
-            }
-            for name in CONFLICTING_VARS {
-                command.env_remove(name);
-            }
+            point_at_runtimes(command, &runtimes);
         }
         for (name, value) in runtimes.build_env() {
             eprintln!("env {name}={}", value.display());
@@ -99,6 +87,37 @@ pub(crate) fn run(args: &TestArgs) -> Result<()> {
     }
     eprintln!("all {} steps passed", steps.len());
     Ok(())
+}
+
+fn cargo_commands(steps: &[CargoStep]) -> Vec<Command> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let root = workspace_root();
+    steps
+        .iter()
+        .map(|step| {
+            let mut command = Command::new(&cargo);
+            command.args(&step.args).current_dir(&root);
+            command
+        })
+        .collect()
+}
+
+fn timed_setup() -> Result<Runtimes> {
+    eprintln!("==> setup: runtimes for the ort and tch backends");
+    let started = Instant::now();
+    let runtimes = setup::ensure_installed().context("step `setup` failed")?;
+    eprintln!("<== setup done in {}", format_duration(started.elapsed()));
+    Ok(runtimes)
+}
+
+/// The same variables on every step, so cargo never rebuilds torch-sys between them.
+fn point_at_runtimes(command: &mut Command, runtimes: &Runtimes) {
+    for (name, value) in runtimes.build_env() {
+        command.env(name, value);
+    }
+    for name in CONFLICTING_VARS {
+        command.env_remove(name);
+    }
 }
 
 /// Runs the steps in order and stops at the first failure.
@@ -180,19 +199,45 @@ mod tests {
     }
 
     #[test]
+    fn steps_get_the_runtime_paths_and_lose_conflicting_variables() {
+        let runtimes = Runtimes {
+            python: "/venv/bin/python".into(),
+            libtorch: "/site/torch".into(),
+            ort_dylib: "/site/onnxruntime/capi/libonnxruntime.so".into(),
+        };
+        let mut command = Command::new("cargo");
+        point_at_runtimes(&mut command, &runtimes);
+        let envs: Vec<(String, Option<String>)> = command
+            .get_envs()
+            .map(|(name, value)| {
+                let value = value.map(|value| value.to_string_lossy().into_owned());
+                (name.to_string_lossy().into_owned(), value)
+            })
+            .collect();
+        assert!(envs.contains(&("LIBTORCH".into(), Some("/site/torch".into()))));
+        let dylib = Some("/site/onnxruntime/capi/libonnxruntime.so".into());
+        assert!(envs.contains(&("ORT_DYLIB_PATH".into(), dylib)));
+        assert!(
+            envs.contains(&("LIBTORCH_USE_PYTORCH".into(), None)),
+            "{envs:?}"
+        );
+    }
+
+    #[test]
     fn run_steps_stops_at_the_first_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("third-ran");
         let steps = [
             CargoStep::new("first", &[]),
             CargoStep::new("second", &[]),
             CargoStep::new("third", &[]),
         ];
-        let mut commands = [
-            Command::new("true"),
-            Command::new("false"),
-            Command::new("true"),
-        ];
+        let mut third = Command::new("touch");
+        third.arg(&marker);
+        let mut commands = [Command::new("true"), Command::new("false"), third];
         let error = run_steps(&steps, &mut commands).unwrap_err().to_string();
         assert!(error.starts_with("step `second` failed"), "{error}");
+        assert!(!marker.exists(), "the step after the failure ran");
     }
 
     #[test]

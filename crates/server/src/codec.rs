@@ -143,9 +143,8 @@ pub fn decode_sample(value: &Value, model: &ModelSpec) -> Result<Sample, String>
 
 /// Decodes a number or (nested) list into a tensor of `spec`'s type and shape.
 pub fn decode_tensor(value: &Value, spec: &TensorSpec) -> Result<Tensor, String> {
-    let limit = spec.fixed_element_count();
     let mut leaves = Vec::new();
-    let shape = walk(value, 0, &mut leaves, limit)?;
+    let shape = walk(value, 0, &mut leaves, spec)?;
     let count = leaves.len();
     let target_shape = fit_shape(&shape, count, spec)?;
     let data = convert(&leaves, spec.dtype)?;
@@ -178,9 +177,9 @@ fn walk<'a>(
             let Some((first, rest)) = items.split_first() else {
                 return Err("empty list: a sample needs at least one number".into());
             };
-            let inner = walk(first, depth + 1, leaves, limit)?;
+            let inner = walk(first, depth + 1, leaves, spec)?;
             for item in rest {
-                let other = walk(item, depth + 1, leaves, limit)?;
+                let other = walk(item, depth + 1, leaves, spec)?;
                 if other != inner {
                     return Err(format!(
                         "ragged list: sub-lists of shapes {inner:?} and {other:?} at the same level"

@@ -77,7 +77,7 @@ pub struct Metadata {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_processing: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub individual_inference_times: Option<Vec<f64>>,
+    pub individual_inference_times: Option<Vec<Option<f64>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub processing_time: Option<ProcessingTime>,
 }
@@ -174,8 +174,8 @@ pub struct ExampleSimpleResponse {
 struct Outcome {
     predictions: Vec<Option<Prediction>>,
     failures: Vec<(usize, String)>,
-    /// Per input index: enqueue to result, in milliseconds (0 for a failed sample).
-    row_times_ms: Vec<f64>,
+    /// Per input index: enqueue to result, in milliseconds (`None` for a failed sample).
+    row_times_ms: Vec<Option<f64>>,
     processing: ProcessingTime,
     queue_ms: f64,
     total_ms: f64,
@@ -220,8 +220,9 @@ impl Outcome {
     }
 }
 
+/// Milliseconds, rounded to the microsecond the clocks can honestly claim.
 fn millis(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
+    (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
 /// Decodes every sample, runs the valid ones as one request through the model's scheduler,
@@ -268,14 +269,14 @@ async fn infer(
 
     let post_started = Instant::now();
     let mut predictions: Vec<Option<Prediction>> = vec![None; samples.len()];
-    let mut row_times_ms = vec![0.0; samples.len()];
+    let mut row_times_ms = vec![None; samples.len()];
     for ((index, output), latency) in valid_indices
         .iter()
         .zip(response.outputs)
         .zip(&response.row_latencies)
     {
         predictions[*index] = Some(Prediction::new(spec, output));
-        row_times_ms[*index] = millis(*latency);
+        row_times_ms[*index] = Some(millis(*latency));
     }
     let postprocessing = post_started.elapsed();
     Ok(Outcome {

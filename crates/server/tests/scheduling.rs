@@ -196,3 +196,32 @@ async fn a_request_in_flight_at_shutdown_still_gets_its_answer() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_request_whose_client_went_away_is_never_computed() {
+    let engine = Arc::new(FakeEngine::new());
+    let state = state_with(Arc::clone(&engine), |c| c.batching.max_batch_size = 1);
+    engine.hold();
+    let blocker = {
+        let state = state.clone();
+        tokio::spawn(async move { send(&state, post_json("/predict", r#"{"inputs": 1}"#)).await })
+    };
+    engine.wait_for_batches(1).await;
+    // axum drops the handler's future when the connection closes; aborting does the same.
+    let abandoned = {
+        let state = state.clone();
+        tokio::spawn(async move { send(&state, post_json("/predict", r#"{"inputs": 8}"#)).await })
+    };
+    while state.default_model().scheduler.queue_len() < 1 {
+        tokio::task::yield_now().await;
+    }
+    abandoned.abort();
+    let _ = abandoned.await;
+    engine.release();
+    assert_eq!(blocker.await.unwrap().status, StatusCode::OK);
+    let after = send(&state, post_json("/predict", r#"{"inputs": 2}"#)).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert!(!engine.computed(8.0), "the abandoned row was computed");
+    let stats = send(&state, get("/stats")).await;
+    assert_eq!(stats.body["cancelled"], 1);
+}

@@ -2,7 +2,7 @@
 //! `InferenceEngine` trait, without the server.
 //!
 //! ```text
-//! cargo run -p inference-backend-ort --example run_batch -- [MODEL_DIR] [X ...]
+//! cargo run -p inference-backend-ort --example ort_run_batch -- [MODEL_DIR] [X ...]
 //! ```
 //!
 //! The runtime library comes from `ORT_DYLIB_PATH` or what `cargo xtask setup` installed.

@@ -1,6 +1,6 @@
 //! Loads the example model with the tch backend and runs one batch through it, no server.
 //!
-//! `cargo run -p inference-backend-tch --example run_batch [-- <model dir> [device]]`
+//! `cargo run -p inference-backend-tch --example tch_run_batch [-- <model dir> [device]]`
 
 use inference_core::{Batch, EngineOptions, InferenceEngine, ModelManifest, Sample, Tensor};
 use std::path::PathBuf;
