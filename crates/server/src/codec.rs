@@ -157,14 +157,17 @@ fn walk<'a>(
     value: &'a Value,
     depth: usize,
     leaves: &mut Vec<&'a Number>,
-    limit: Option<usize>,
+    spec: &TensorSpec,
 ) -> Result<Vec<usize>, String> {
     match value {
         Value::Number(n) => {
-            if limit.is_some_and(|max| leaves.len() >= max) {
+            // Stop at the first value too many: a huge list costs no more than a small one.
+            if let Some(max) = spec.fixed_element_count()
+                && leaves.len() >= max
+            {
                 return Err(format!(
-                    "too many values: the model takes {}",
-                    limit.unwrap_or(0)
+                    "too many values: input '{}' takes {max} (shape {:?})",
+                    spec.name, spec.shape
                 ));
             }
             leaves.push(n);
