@@ -293,6 +293,29 @@ async fn infer(
     })
 }
 
+/// One sample through [`infer`]; its failure reads as one sentence, not a list.
+async fn infer_one(
+    model: &ModelHandle,
+    sample: &Value,
+    priority: i32,
+    timeout: Option<Duration>,
+) -> Result<(Outcome, Prediction), ApiError> {
+    let outcome = infer(model, std::slice::from_ref(sample), priority, timeout)
+        .await
+        .map_err(|err| match err {
+            ApiError::UnprocessableList(mut reasons) if reasons.len() == 1 => {
+                let reason = reasons.remove(0);
+                let reason = reason.strip_prefix("input 0: ").unwrap_or(&reason);
+                ApiError::Unprocessable(reason.to_string())
+            }
+            other => other,
+        })?;
+    let prediction = outcome.predictions[0]
+        .clone()
+        .ok_or_else(|| ApiError::Internal("the sample produced no output".into()))?;
+    Ok((outcome, prediction))
+}
+
 fn timeout_of(seconds: Option<f64>) -> Result<Option<Duration>, ApiError> {
     seconds
         .map(|s| {
@@ -370,26 +393,7 @@ pub async fn predict(
 ) -> Result<Response, ApiError> {
     let model = state.model(body.model.as_deref())?;
     let timeout = timeout_of(body.timeout)?;
-    let outcome = infer(
-        model,
-        std::slice::from_ref(&body.inputs),
-        body.priority,
-        timeout,
-    )
-    .await
-    .map_err(|err| match err {
-        // A single sample's reasons read better as one sentence.
-        ApiError::UnprocessableList(reasons) => ApiError::Unprocessable(
-            reasons
-                .join("; ")
-                .trim_start_matches("input 0: ")
-                .to_string(),
-        ),
-        other => other,
-    })?;
-    let prediction = outcome.predictions[0]
-        .clone()
-        .ok_or_else(|| ApiError::Internal("the sample produced no output".into()))?;
+    let (outcome, prediction) = infer_one(model, &body.inputs, body.priority, timeout).await?;
     let body = PredictResponse {
         success: true,
         result: prediction.clone(),
@@ -503,15 +507,7 @@ pub async fn example_simple(
     JsonBody(body): JsonBody<SimpleExampleRequest>,
 ) -> Result<Response, ApiError> {
     let model = state.default_model();
-    let outcome = infer(model, std::slice::from_ref(&body.input), 0, None)
-        .await
-        .map_err(|err| match err {
-            ApiError::UnprocessableList(reasons) => ApiError::Unprocessable(reasons.join("; ")),
-            other => other,
-        })?;
-    let prediction = outcome.predictions[0]
-        .clone()
-        .ok_or_else(|| ApiError::Internal("the sample produced no output".into()))?;
+    let (outcome, prediction) = infer_one(model, &body.input, 0, None).await?;
     let mut meta = metadata(model, None);
     meta.processing_time = Some(outcome.processing);
     let response = ExampleSimpleResponse {

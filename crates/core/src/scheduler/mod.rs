@@ -28,6 +28,7 @@ pub use stats::SchedulerStats;
 use crate::engine::{InferenceEngine, validate_samples};
 use crate::error::EngineError;
 use crate::model::{Batch, Sample};
+use crate::worker::panic_message;
 use queue::{Claimed, Queue};
 use stats::Counters;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -640,12 +641,4 @@ impl Drop for WithdrawOnDrop<'_> {
 /// section here leaves the data consistent before anything can panic.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_string())
 }
