@@ -7,7 +7,7 @@ use inference_server::backends;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_inference-server");
@@ -16,6 +16,8 @@ const BINARY: &str = env!("CARGO_BIN_EXE_inference-server");
 struct Server {
     child: Child,
     base: String,
+    /// Every line the server has written to stderr so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Server {
@@ -48,12 +50,18 @@ fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
     let mut child = command.spawn().expect("server starts");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = Arc::clone(&log);
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("listening on http://").nth(1) {
-                let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
                 let _ = tx.send(addr);
             }
+            lines.lock().unwrap().push(line);
         }
     });
     let addr = rx
@@ -62,6 +70,7 @@ fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
     Server {
         child,
         base: format!("http://{addr}"),
+        log,
     }
 }
 
@@ -209,4 +218,44 @@ async fn sixty_four_concurrent_clients_are_merged_into_batches_and_all_answered(
         stats["average_batch_size"].as_f64().unwrap() > 1.0,
         "{stats}"
     );
+}
+
+#[tokio::test]
+async fn json_logs_carry_one_line_per_request_with_its_fields() {
+    let mut server = start(&["--log-format", "json"], &[]);
+    let response = reqwest::Client::new()
+        .post(format!("{}/predict", server.base))
+        .header("x-request-id", "e2e-log-check")
+        .json(&serde_json::json!({"inputs": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let pid = server.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    server.child.wait().unwrap();
+    // The reader thread sees end of file once the process is gone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let found = server
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("e2e-log-check"))
+            .cloned();
+        match found {
+            Some(line) => break line,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            None => panic!("no request line in {:?}", server.log.lock().unwrap()),
+        }
+    };
+    let record: Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(record["method"], "POST");
+    assert_eq!(record["route"], "/predict");
+    assert_eq!(record["status"], 200);
+    assert!(record["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(record["request_id"], "e2e-log-check");
 }
