@@ -9,6 +9,7 @@ pub mod backends;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod responses;
 pub mod routes;
 pub mod state;
 pub mod telemetry;

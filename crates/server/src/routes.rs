@@ -2,13 +2,17 @@
 
 use crate::codec::{JsonBody, Prediction, decode_sample};
 use crate::error::ApiError;
+use crate::responses::{
+    BatchInfo, BatchPredictResponse, ExampleBatchInner, ExampleBatchResponse, ExampleSimpleInner,
+    ExampleSimpleResponse, Metadata, ModelInfo, PredictResponse, ProcessingTime,
+};
 use crate::state::{AppState, ModelHandle};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use inference_core::scheduler::{InferenceRequest, SchedulerStats};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -46,123 +50,6 @@ pub struct SimpleExampleRequest {
 
 fn default_simple_input() -> Value {
     json!(EXAMPLE_SIMPLE_DEFAULT_INPUT)
-}
-
-// ---------------------------------------------------------------------------------------
-// Response bodies
-// ---------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct ProcessingTime {
-    pub preprocessing_ms: f64,
-    pub inference_ms: f64,
-    pub postprocessing_ms: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelInfo {
-    pub model: String,
-    pub backend: String,
-    pub device: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Metadata {
-    pub framework_version: &'static str,
-    pub model_version: String,
-    pub backend: String,
-    pub device: String,
-    pub input_shape: Vec<i64>,
-    pub output_shape: Vec<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch_processing: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub individual_inference_times: Option<Vec<Option<f64>>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub processing_time: Option<ProcessingTime>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BatchInfo {
-    pub batch_size: usize,
-    pub successful_predictions: usize,
-    pub failed_predictions: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failed_indices: Option<Vec<usize>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure_reasons: Option<Vec<String>>,
-    pub processing_time: ProcessingTime,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PredictResponse {
-    pub success: bool,
-    pub result: Prediction,
-    pub prediction: Prediction,
-    pub model_name: String,
-    pub inference_time_ms: f64,
-    pub processing_time: ProcessingTime,
-    pub timestamp: String,
-    pub request_id: String,
-    pub model_info: ModelInfo,
-    pub metadata: Metadata,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BatchPredictResponse {
-    pub success: bool,
-    pub results: Vec<Option<Prediction>>,
-    pub predictions: Vec<Option<Prediction>>,
-    pub batch_size: usize,
-    pub model_name: String,
-    pub inference_time_ms: f64,
-    pub processing_time: ProcessingTime,
-    pub timestamp: String,
-    pub request_id: String,
-    pub batch_info: BatchInfo,
-    pub model_info: ModelInfo,
-    pub metadata: Metadata,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warnings: Option<Vec<String>>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ExampleBatchInner {
-    pub success: bool,
-    pub predictions: Vec<Option<Prediction>>,
-    pub model_name: String,
-    pub inference_time_ms: f64,
-    pub timestamp: String,
-    pub request_id: String,
-    pub batch_info: BatchInfo,
-    pub metadata: Metadata,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub warnings: Option<Vec<String>>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ExampleBatchResponse {
-    pub example: &'static str,
-    pub input_count: usize,
-    pub response: ExampleBatchInner,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ExampleSimpleInner {
-    pub success: bool,
-    pub prediction: Prediction,
-    pub model_name: String,
-    pub inference_time_ms: f64,
-    pub timestamp: String,
-    pub request_id: String,
-    pub metadata: Metadata,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ExampleSimpleResponse {
-    pub example: &'static str,
-    pub input: Value,
-    pub response: ExampleSimpleInner,
 }
 
 // ---------------------------------------------------------------------------------------
