@@ -3,6 +3,8 @@
 //! Each subcommand lives in its own module and exposes one `run` function; adding a
 //! command means adding a module, a `Task` variant and one match arm.
 
+mod bench;
+mod clients;
 mod export;
 mod process;
 mod setup;
@@ -29,6 +31,10 @@ enum Task {
     Test(test::TestArgs),
     /// Regenerates the example model files with the setup venv's Python.
     ExportModels(export::ExportArgs),
+    /// Benchmarks in release mode, e.g. `bench batching`: merged versus unmerged batching.
+    Bench(bench::BenchArgs),
+    /// Runs the seed page's Python and JavaScript clients, unmodified, against the server.
+    CheckClients,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +54,8 @@ fn run(task: Task) -> Result<()> {
         Task::Env => setup::print_env(),
         Task::Test(args) => test::run(&args),
         Task::ExportModels(args) => export::run(&args),
+        Task::Bench(args) => bench::run(&args),
+        Task::CheckClients => clients::run(),
     }
 }
 

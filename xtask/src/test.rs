@@ -82,6 +82,9 @@ pub(crate) fn run(args: &TestArgs) -> Result<()> {
         }
     }
     let timings = run_steps(&steps, &mut commands)?;
+    if !args.quick {
+        crate::clients::run().context("step `check-clients` failed")?;
+    }
     for (name, took) in timings {
         eprintln!("  {name:<7} {}", format_duration(took));
     }
