@@ -17,6 +17,17 @@ fn state_with(engine: Arc<FakeEngine>, configure: impl FnOnce(&mut Config)) -> A
     AppState::new(config, vec![engine as Arc<dyn InferenceEngine>])
 }
 
+/// Holds the engine and puts one request (input 1) inside it, so that what is sent next
+/// waits in the queue until `engine.release()`.
+async fn occupy(state: &AppState, engine: &FakeEngine) -> tokio::task::JoinHandle<Reply> {
+    engine.hold();
+    let state = state.clone();
+    let blocker =
+        tokio::spawn(async move { send(&state, post_json("/predict", r#"{"inputs": 1}"#)).await });
+    engine.wait_for_batches(1).await;
+    blocker
+}
+
 #[tokio::test]
 async fn a_full_queue_answers_429_with_retry_after_then_recovers() {
     let engine = Arc::new(FakeEngine::new());
@@ -79,12 +90,7 @@ async fn a_full_queue_answers_429_with_retry_after_then_recovers() {
 async fn a_passed_deadline_is_504_and_the_row_is_never_computed() {
     let engine = Arc::new(FakeEngine::new());
     let state = state_with(Arc::clone(&engine), |c| c.batching.max_batch_size = 1);
-    engine.hold();
-    let blocker = {
-        let state = state.clone();
-        tokio::spawn(async move { send(&state, post_json("/predict", r#"{"inputs": 1}"#)).await })
-    };
-    engine.wait_for_batches(1).await;
+    let blocker = occupy(&state, &engine).await;
     let late = send(
         &state,
         post_json("/predict", r#"{"inputs": 5, "timeout": 0.05}"#),
@@ -201,12 +207,7 @@ async fn a_request_in_flight_at_shutdown_still_gets_its_answer() {
 async fn a_request_whose_client_went_away_is_never_computed() {
     let engine = Arc::new(FakeEngine::new());
     let state = state_with(Arc::clone(&engine), |c| c.batching.max_batch_size = 1);
-    engine.hold();
-    let blocker = {
-        let state = state.clone();
-        tokio::spawn(async move { send(&state, post_json("/predict", r#"{"inputs": 1}"#)).await })
-    };
-    engine.wait_for_batches(1).await;
+    let blocker = occupy(&state, &engine).await;
     // axum drops the handler's future when the connection closes; aborting does the same.
     let abandoned = {
         let state = state.clone();
