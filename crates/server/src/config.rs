@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Most samples in one `/predict/batch` request (413 past it).
     pub max_batch_inputs: usize,
+    /// Most inference requests in progress at once, bodies included; more get 429 at once,
+    /// so memory stays bounded however many clients connect.
+    pub max_concurrent_requests: usize,
     /// How long in-flight requests may take to finish after a shutdown signal, in seconds.
     pub drain_timeout_secs: f64,
 }
@@ -117,6 +120,7 @@ impl Default for ServerConfig {
             port: 8000,
             max_body_bytes: 2 * 1024 * 1024,
             max_batch_inputs: 1024,
+            max_concurrent_requests: 1024,
             drain_timeout_secs: 30.0,
         }
     }
@@ -244,6 +248,10 @@ impl Config {
             ("batching.max_batch_size", self.batching.max_batch_size),
             ("batching.max_queue_size", self.batching.max_queue_size),
             ("server.max_batch_inputs", self.server.max_batch_inputs),
+            (
+                "server.max_concurrent_requests",
+                self.server.max_concurrent_requests,
+            ),
             ("server.max_body_bytes", self.server.max_body_bytes),
         ];
         if let Some((key, value)) = positive.iter().find(|(_, v)| *v == 0) {

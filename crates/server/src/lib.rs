@@ -28,16 +28,20 @@ pub use state::{AppState, StartupError};
 /// The application router with every endpoint and middleware.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config().server.max_body_bytes;
+    // Only inference is admission-controlled: probes and stats must answer under load.
+    let inference = Router::new()
+        .route("/predict", post(routes::predict))
+        .route("/predict/batch", post(routes::predict_batch))
+        .route("/examples/simple", post(routes::example_simple))
+        .route("/examples/batch", post(routes::example_batch))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admit));
     Router::new()
         .route("/", get(routes::root))
         .route("/health", get(routes::health))
         .route("/models", get(routes::models))
         .route("/stats", get(routes::stats))
         .route("/config", get(routes::config))
-        .route("/predict", post(routes::predict))
-        .route("/predict/batch", post(routes::predict_batch))
-        .route("/examples/simple", post(routes::example_simple))
-        .route("/examples/batch", post(routes::example_batch))
+        .merge(inference)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -46,6 +50,27 @@ pub fn app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Turns a request away with 429 when `server.max_concurrent_requests` are in progress,
+/// before its body is read.
+async fn admit(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match state.try_admit() {
+        Some(_permit) => next.run(request).await,
+        None => error::ApiError::Overloaded {
+            detail: format!(
+                "too many requests in progress (server.max_concurrent_requests = {})",
+                state.config().server.max_concurrent_requests
+            ),
+            retry_after: std::time::Duration::from_secs(1),
+        }
+        .into_response(),
+    }
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then stops accepting, lets

@@ -9,6 +9,7 @@ use inference_core::{EngineError, EngineInfo, InferenceEngine, ModelManifest};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A served model: its engine behind a scheduler.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct AppState {
 
 #[derive(Debug)]
 struct Inner {
+    /// Permits for inference requests in progress (`server.max_concurrent_requests`).
+    in_flight: Arc<Semaphore>,
     config: Config,
     models: BTreeMap<String, ModelHandle>,
     default_model: String,
@@ -76,6 +79,7 @@ impl AppState {
             .collect();
         Self {
             inner: Arc::new(Inner {
+                in_flight: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
                 config,
                 models,
                 default_model,
@@ -121,6 +125,11 @@ impl AppState {
             );
         }
         Ok(Self::new(config, vec![engine]))
+    }
+
+    /// A permit for one inference request, or `None` when the limit is reached.
+    pub fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.inner.in_flight).try_acquire_owned().ok()
     }
 
     pub fn config(&self) -> &Config {

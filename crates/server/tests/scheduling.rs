@@ -226,3 +226,32 @@ async fn a_request_whose_client_went_away_is_never_computed() {
     let stats = send(&state, get("/stats")).await;
     assert_eq!(stats.body["cancelled"], 1);
 }
+
+#[tokio::test]
+async fn past_max_concurrent_requests_new_ones_get_429_and_probes_still_answer() {
+    let engine = Arc::new(FakeEngine::new());
+    let state = state_with(Arc::clone(&engine), |c| {
+        c.server.max_concurrent_requests = 1
+    });
+    let blocker = occupy(&state, &engine).await;
+    let refused = send(&state, post_json("/predict", r#"{"inputs": 2}"#)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_concurrent_requests")
+    );
+    assert_eq!(refused.headers["retry-after"], "1");
+    let stats = send(&state, get("/stats")).await;
+    assert_eq!(stats.status, StatusCode::OK);
+    engine.release();
+    assert_eq!(blocker.await.unwrap().status, StatusCode::OK);
+    let admitted = send(&state, post_json("/predict", r#"{"inputs": 2}"#)).await;
+    assert_eq!(admitted.status, StatusCode::OK);
+}
