@@ -26,4 +26,4 @@ pub use scheduler::{
     InferenceRequest, InferenceResponse, Scheduler, SchedulerConfig, SchedulerStats,
 };
 pub use tensor::{DType, Tensor, TensorData, TensorError};
-pub use worker::{Backend, BackendFactory, WorkerPool};
+pub use worker::{Backend, BackendFactory, WorkerPool, panic_message};

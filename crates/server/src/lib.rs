@@ -20,6 +20,7 @@ use axum::routing::{get, post};
 use std::future::Future;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub use config::{Cli, Config};
@@ -45,6 +46,8 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        // A bug in a handler answers 500 with a detail instead of dropping the connection.
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(telemetry::log_request))
         // Outermost: the id exists before logging and handlers, and goes back on the response.
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -71,6 +74,13 @@ async fn admit(
         }
         .into_response(),
     }
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let message = inference_core::panic_message(&*panic);
+    tracing::error!(%message, "a request handler panicked");
+    error::ApiError::Internal(format!("internal error: {message}")).into_response()
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then stops accepting, lets
@@ -146,5 +156,17 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn a_handler_panic_becomes_a_500_with_a_detail() {
+        let response = panic_response(Box::new("boom"));
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }
