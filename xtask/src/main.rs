@@ -5,6 +5,7 @@
 
 mod bench;
 mod clients;
+mod cuda;
 mod export;
 mod process;
 mod setup;
@@ -35,6 +36,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Runs the seed page's Python and JavaScript clients, unmodified, against the server.
     CheckClients,
+    /// Proves that every backend's CUDA code compiles, with nvcc from PyPI and no GPU (slow).
+    CheckCuda(cuda::CheckCudaArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn run(task: Task) -> Result<()> {
         Task::ExportModels(args) => export::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::CheckClients => clients::run(),
+        Task::CheckCuda(args) => cuda::run(&args),
     }
 }
 
