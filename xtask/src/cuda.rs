@@ -32,7 +32,7 @@ const TARGET_SUBDIR: &str = "cuda-check";
 /// Every backend with its CUDA code; `--workspace` also checks the backends' own tests.
 const FEATURES: &str = "inference-server/ort,inference-server/tch,inference-server/cuda";
 /// Would change which toolkit or CUDA release the build scripts pick, and so what is checked.
-const OVERRIDING_VARS: &[&str] = &["CUDARC_CUDA_VERSION", "LIBTORCH_USE_PYTORCH"];
+pub(crate) const OVERRIDING_VARS: &[&str] = &["CUDARC_CUDA_VERSION", "LIBTORCH_USE_PYTORCH"];
 
 /// nvcc, its compiler back end and headers, all of one CUDA release. Installed without
 /// dependency resolution, which would pull the newest `nvidia-nvvm` whatever nvcc's release.
@@ -57,7 +57,7 @@ pub(crate) struct CheckCudaArgs {
 
 /// Accepts the forms that candle's kernel builder (cudaforge) reads: `90`, `90a`, `100f`.
 /// Checked here so a typo fails at once, not minutes into the build.
-fn parse_compute_cap(value: &str) -> Result<String, String> {
+pub(crate) fn parse_compute_cap(value: &str) -> Result<String, String> {
     let digits = value.strip_suffix(['a', 'f']).unwrap_or(value);
     if (2..=3).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
         Ok(value.to_owned())
@@ -70,19 +70,19 @@ fn parse_compute_cap(value: &str) -> Result<String, String> {
 
 /// The toolkit that the build scripts use, found inside its pip target directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Toolkit {
+pub(crate) struct Toolkit {
     /// `CUDA_HOME`: holds `bin/nvcc`, `include/` and `nvvm/`.
     root: PathBuf,
 }
 
 impl Toolkit {
-    fn in_dir(dir: &Path) -> Self {
+    pub(crate) fn in_dir(dir: &Path) -> Self {
         Self {
             root: dir.join(TOOLKIT_ROOT),
         }
     }
 
-    fn bin_dir(&self) -> PathBuf {
+    pub(crate) fn bin_dir(&self) -> PathBuf {
         self.root.join("bin")
     }
 
@@ -135,7 +135,7 @@ pub(crate) fn run(args: &CheckCudaArgs) -> Result<()> {
 }
 
 /// Next to the setup venv: `<runtime cache>/venv/bin/python` gives `<runtime cache>`.
-fn toolkit_dir(runtimes: &Runtimes) -> Result<PathBuf> {
+pub(crate) fn toolkit_dir(runtimes: &Runtimes) -> Result<PathBuf> {
     let cache = runtimes
         .python
         .ancestors()
@@ -145,7 +145,7 @@ fn toolkit_dir(runtimes: &Runtimes) -> Result<PathBuf> {
 }
 
 /// Returns at once when the stamp matches and nvcc exists, else installs afresh.
-fn ensure_toolkit(dir: &Path, python: &Path, bar: &ProgressBar) -> Result<Toolkit> {
+pub(crate) fn ensure_toolkit(dir: &Path, python: &Path, bar: &ProgressBar) -> Result<Toolkit> {
     let toolkit = Toolkit::in_dir(dir);
     let stamp = fs::read_to_string(dir.join(STAMP_FILE)).unwrap_or_default();
     if stamp_is_current(&stamp) && toolkit.nvcc().is_file() {
@@ -207,7 +207,7 @@ fn nvcc_release(version_output: &str) -> Option<(u32, u32)> {
 
 /// The variables of the check: the toolkit's nvcc first on `PATH` (cudarc runs plain
 /// `nvcc`), the toolkit for candle's kernel builder, and the ort/tch runtimes.
-fn check_env(
+pub(crate) fn check_env(
     toolkit: &Toolkit,
     runtimes: &Runtimes,
     compute_cap: &str,

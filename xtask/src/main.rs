@@ -7,6 +7,7 @@ mod bench;
 mod clients;
 mod cuda;
 mod export;
+mod gpu;
 mod process;
 mod setup;
 mod test;
@@ -38,6 +39,8 @@ enum Task {
     CheckClients,
     /// Proves that every backend's CUDA code compiles, with nvcc from PyPI and no GPU (slow).
     CheckCuda(cuda::CheckCudaArgs),
+    /// Runs every backend's conformance suite on a CUDA GPU and prints per-batch timings.
+    GpuCheck(gpu::GpuCheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,7 @@ fn run(task: Task) -> Result<()> {
         Task::Bench(args) => bench::run(&args),
         Task::CheckClients => clients::run(),
         Task::CheckCuda(args) => cuda::run(&args),
+        Task::GpuCheck(args) => gpu::run(&args),
     }
 }
 

@@ -1,12 +1,16 @@
 //! The core conformance suite (golden outputs of the eager PyTorch model at several batch
-//! sizes, concurrent batches, input validation, health) against the tch engine.
+//! sizes, concurrent batches, input validation, health) against the tch engine, on the
+//! device that `INFERENCE_TEST_DEVICE` names (default `cpu`).
 
 use inference_core::EngineOptions;
-use inference_core::conformance::example_manifest;
+use inference_core::conformance::{example_manifest, test_device};
 
 inference_core::conformance_suite!(async {
-    inference_backend_tch::load(&example_manifest(), &EngineOptions::default())
-        .expect("example model loads")
+    let options = EngineOptions {
+        device: test_device(),
+        ..EngineOptions::default()
+    };
+    inference_backend_tch::load(&example_manifest(), &options).expect("example model loads")
 });
 
 /// Several workers sharing one `CModule` and a fixed intra-op thread count.
@@ -15,6 +19,7 @@ mod shared_module_workers {
 
     inference_core::conformance_suite!(async {
         let options = EngineOptions {
+            device: test_device(),
             instances: 3,
             intra_op_threads: Some(1),
             ..EngineOptions::default()

@@ -6,20 +6,27 @@
 //! ```text
 //! inference_core::conformance_suite!(async {
 //!     let manifest = inference_core::conformance::example_manifest();
-//!     my_backend::load(&manifest, &Default::default()).expect("example model loads")
+//!     let options = EngineOptions { device: test_device(), ..EngineOptions::default() };
+//!     my_backend::load(&manifest, &options).expect("example model loads")
 //! });
 //! ```
 //!
 //! The expected outputs come from `golden.toml`, written by `models/example/export.py` from
 //! the eager PyTorch model, so every backend is compared with the same reference.
+//!
+//! The device comes from `INFERENCE_TEST_DEVICE` (default `cpu`), so the same tests run on a
+//! GPU with `INFERENCE_TEST_DEVICE=cuda`. The golden check prints one `timing` line per batch
+//! size to stderr (see [`TimingLine`]); those are measurements, never assertions.
 
 use crate::engine::InferenceEngine;
 use crate::error::ErrorKind;
 use crate::model::{Batch, ModelManifest, Sample};
 use crate::tensor::{DType, Tensor, TensorData};
 use serde::Deserialize;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Largest absolute difference allowed between an engine's output and the golden output.
 pub const TOLERANCE: f64 = 1e-5;
@@ -27,9 +34,46 @@ pub const TOLERANCE: f64 = 1e-5;
 /// The batch sizes the golden check runs at: one row, a few, an odd size, and large ones.
 pub const BATCH_SIZES: [usize; 5] = [1, 2, 7, 32, 64];
 
-/// The example model directory (`models/example` at the workspace root).
+/// Names the device every backend's conformance suite loads its engine on.
+pub const DEVICE_VAR: &str = "INFERENCE_TEST_DEVICE";
+
+/// Overrides [`example_model_dir`], for test binaries run from another checkout (a GPU
+/// machine that gets prebuilt binaries).
+pub const MODEL_DIR_VAR: &str = "INFERENCE_EXAMPLE_MODEL_DIR";
+
+/// Timed `infer` calls per batch size in the golden check, after one untimed warmup call.
+pub const TIMED_RUNS: usize = 5;
+
+/// The device the conformance suite runs on: `$INFERENCE_TEST_DEVICE`, else `cpu`.
+pub fn test_device() -> String {
+    device_from(std::env::var(DEVICE_VAR).ok())
+}
+
+fn device_from(value: Option<String>) -> String {
+    value
+        .map(|device| device.trim().to_owned())
+        .filter(|device| !device.is_empty())
+        .unwrap_or_else(|| "cpu".to_owned())
+}
+
+/// Whether an engine that reports `resolved` honours a request for `requested`: the same
+/// kind (`cpu` or `cuda`), the same ordinal when one was named, and anything for `auto`.
+pub fn device_satisfies(requested: &str, resolved: &str) -> bool {
+    let requested = requested.to_ascii_lowercase();
+    match requested.as_str() {
+        "auto" => resolved == "cpu" || device_satisfies("cuda", resolved),
+        "cuda" => resolved == "cuda" || resolved.starts_with("cuda:"),
+        _ => resolved == requested,
+    }
+}
+
+/// The example model directory: `$INFERENCE_EXAMPLE_MODEL_DIR`, else `models/example` at the
+/// workspace root this crate was built in.
 pub fn example_model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/example")
+    match std::env::var_os(MODEL_DIR_VAR).filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/example"),
+    }
 }
 
 /// The example model's manifest; panics if the committed files are missing.
@@ -174,22 +218,80 @@ pub fn compare_with_golden(output: &Batch, cases: &[&GoldenCase]) -> Result<f64,
     Ok(max_error)
 }
 
-/// Runs `batch_size` rows cycled from the golden cases and checks every row; returns the
-/// largest absolute error seen.
+/// One measurement of the golden check, printed as a single `key=value` line so that
+/// scripts (`cargo xtask gpu-check`) can collect it from the test output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimingLine {
+    pub backend: String,
+    pub device: String,
+    pub batch: usize,
+    /// Median wall time of the timed `infer` calls.
+    pub median: Duration,
+    pub runs: usize,
+    /// Largest absolute error against the golden outputs over every call.
+    pub max_abs_error: f64,
+}
+
+impl TimingLine {
+    pub const PREFIX: &'static str = "conformance-timing";
+}
+
+impl fmt::Display for TimingLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} backend={} device={} batch={} median_ms={:.4} runs={} max_abs_error={:e}",
+            Self::PREFIX,
+            self.backend,
+            self.device,
+            self.batch,
+            self.median.as_secs_f64() * 1e3,
+            self.runs,
+            self.max_abs_error
+        )
+    }
+}
+
+/// The middle value (the upper one of the two middles for an even count); `None` if empty.
+pub fn median(durations: &[Duration]) -> Option<Duration> {
+    let mut sorted = durations.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied()
+}
+
+/// Runs `batch_size` rows cycled from the golden cases once to warm up, then
+/// [`TIMED_RUNS`] more times under a clock, checking every row of every call; prints a
+/// [`TimingLine`] to stderr and returns the largest absolute error seen.
 pub async fn check_golden_outputs(engine: &dyn InferenceEngine, batch_size: usize) -> f64 {
     let golden = example_golden();
     let cases = golden.cycled(batch_size);
-    let output = engine
-        .infer(input_batch(&cases))
-        .await
-        .unwrap_or_else(|e| panic!("batch of {batch_size} failed: {e}"));
-    let max_error = compare_with_golden(&output, &cases)
-        .unwrap_or_else(|reason| panic!("batch of {batch_size}: {reason}"));
-    println!(
-        "{} on {}: batch of {batch_size}, max abs error vs golden {max_error:e}",
-        engine.info().backend,
-        engine.info().device
-    );
+    let mut max_error = 0.0_f64;
+    let mut timings = Vec::with_capacity(TIMED_RUNS);
+    for run in 0..=TIMED_RUNS {
+        let batch = input_batch(&cases);
+        let started = Instant::now();
+        let output = engine
+            .infer(batch)
+            .await
+            .unwrap_or_else(|e| panic!("batch of {batch_size} failed (call {run}): {e}"));
+        let took = started.elapsed();
+        let error = compare_with_golden(&output, &cases)
+            .unwrap_or_else(|reason| panic!("batch of {batch_size} (call {run}): {reason}"));
+        max_error = max_error.max(error);
+        // Call 0 pays for lazy initialisation (kernels, allocators), so it is not timed.
+        if run > 0 {
+            timings.push(took);
+        }
+    }
+    let line = TimingLine {
+        backend: engine.info().backend.clone(),
+        device: engine.info().device.clone(),
+        batch: batch_size,
+        median: median(&timings).expect("TIMED_RUNS is not zero"),
+        runs: timings.len(),
+        max_abs_error: max_error,
+    };
+    eprintln!("{line}");
     max_error
 }
 
@@ -317,9 +419,11 @@ pub async fn check_info(engine: &dyn InferenceEngine) {
         ("output", DType::F32, [3_i64].as_slice())
     );
     assert!(!info.backend.is_empty(), "info().backend is empty");
+    let requested = test_device();
     assert!(
-        info.device == "cpu" || info.device.starts_with("cuda"),
-        "info().device must be the resolved device, got '{}'",
+        device_satisfies(&requested, &info.device),
+        "info().device must be the resolved device for the requested '{requested}' \
+         ({DEVICE_VAR}), got '{}'",
         info.device
     );
     assert!(info.instances >= 1, "info().instances is 0");
@@ -485,6 +589,58 @@ mod tests {
             tensors: vec![Tensor::from_f32(vec![1, 3], vec![f32::NAN; 3]).unwrap()],
         };
         assert!(compare_with_golden(&nan, &cases[..1]).is_err());
+    }
+
+    #[test]
+    fn test_device_defaults_to_cpu_and_trims() {
+        assert_eq!(device_from(None), "cpu");
+        assert_eq!(device_from(Some(String::new())), "cpu");
+        assert_eq!(device_from(Some("  ".into())), "cpu");
+        assert_eq!(device_from(Some(" cuda:1\n".into())), "cuda:1");
+    }
+
+    #[test]
+    fn device_satisfies_needs_the_requested_kind_and_ordinal() {
+        assert!(device_satisfies("cpu", "cpu"));
+        assert!(!device_satisfies("cpu", "cuda:0"));
+        assert!(device_satisfies("cuda", "cuda:0"));
+        assert!(device_satisfies("CUDA", "cuda:3"));
+        assert!(
+            !device_satisfies("cuda", "cpu"),
+            "a CPU fallback is not CUDA"
+        );
+        assert!(!device_satisfies("cuda", "cudax"));
+        assert!(device_satisfies("cuda:1", "cuda:1"));
+        assert!(!device_satisfies("cuda:1", "cuda:0"));
+        assert!(device_satisfies("auto", "cpu"));
+        assert!(device_satisfies("auto", "cuda:0"));
+        assert!(!device_satisfies("auto", "tpu"));
+    }
+
+    #[test]
+    fn median_takes_the_middle_of_the_sorted_values() {
+        let ms = Duration::from_millis;
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[ms(4)]), Some(ms(4)));
+        assert_eq!(median(&[ms(9), ms(1), ms(5), ms(3), ms(7)]), Some(ms(5)));
+        assert_eq!(median(&[ms(4), ms(1), ms(3), ms(2)]), Some(ms(3)));
+    }
+
+    #[test]
+    fn timing_line_is_one_line_of_key_value_pairs() {
+        let line = TimingLine {
+            backend: "candle".into(),
+            device: "cuda:0".into(),
+            batch: 64,
+            median: Duration::from_micros(1250),
+            runs: TIMED_RUNS,
+            max_abs_error: 2.5e-7,
+        };
+        assert_eq!(
+            line.to_string(),
+            "conformance-timing backend=candle device=cuda:0 batch=64 median_ms=1.2500 runs=5 \
+             max_abs_error=2.5e-7"
+        );
     }
 
     /// Answers from the golden table, plus `offset`; fails on inputs it does not know.
