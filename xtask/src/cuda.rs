@@ -155,18 +155,7 @@ pub(crate) fn ensure_toolkit(dir: &Path, python: &Path, bar: &ProgressBar) -> Re
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
     }
-    let mut command = Command::new(python);
-    command
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-deps",
-        ])
-        .arg("--target")
-        .arg(dir)
-        .args(toolkit_pins().iter().map(Pin::to_string));
+    let mut command = crate::setup::pip_install_into(python, dir, &toolkit_pins());
     run_streamed(&mut command, bar)?;
     let printed = capture(Command::new(toolkit.nvcc()).arg("--version"))?;
     let release = nvcc_release(&printed)

@@ -440,19 +440,8 @@ fn ensure_ort_gpu(layout: &Layout, python: &Path, bar: &indicatif::ProgressBar) 
 }
 
 fn ort_gpu_install(python: &Path, dir: &Path) -> Command {
-    let mut command = Command::new(python);
-    command
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-deps",
-        ])
-        .arg("--target")
-        .arg(dir)
-        .arg(Pin::new(ORT_GPU_PACKAGE.0, ORT_GPU_PACKAGE.1).to_string());
-    command
+    let pin = Pin::new(ORT_GPU_PACKAGE.0, ORT_GPU_PACKAGE.1);
+    crate::setup::pip_install_into(python, dir, &[pin])
 }
 
 pub(crate) fn run(args: &GpuCheckArgs) -> Result<()> {

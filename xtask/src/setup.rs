@@ -262,6 +262,24 @@ pub(crate) fn pip_install(python: &Path, pins: &[Pin], bar: &ProgressBar) -> Res
     run_streamed(&mut command, bar)
 }
 
+/// `pip install --no-deps --target DIR PINS`: packages unpacked into a folder of their own,
+/// exactly at the pinned versions (no dependency may pull a newer release in).
+pub(crate) fn pip_install_into(python: &Path, dir: &Path, pins: &[Pin]) -> Command {
+    let mut command = Command::new(python);
+    command
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-deps",
+        ])
+        .arg("--target")
+        .arg(dir)
+        .args(pins.iter().map(Pin::to_string));
+    command
+}
+
 /// Imports the packages and returns their installed versions, which must equal `pins`.
 fn verify(python: &Path, pins: &[Pin]) -> Result<Vec<Pin>> {
     let printed = capture(Command::new(python).args(["-c", VERIFY_SCRIPT]))?;
