@@ -18,16 +18,17 @@
 //! `nvidia-smi` it stops at once; `--dry-run` prints the plan instead.
 
 use crate::cuda::{self, Toolkit};
-use crate::process::{Steps, capture, display, format_duration, run_streamed, workspace_root};
+use crate::process::{
+    Steps, capture, display, format_duration, run_lines, run_streamed, workspace_root,
+};
 use crate::setup::{self, Pin, Runtimes};
 use anyhow::{Context, Result, bail, ensure};
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::thread;
+use std::process::{Command, ExitStatus};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The backends in the order they run: tch and ort first, since candle's kernels take longest
@@ -388,30 +389,16 @@ fn render_summary(gpus: &str, tch_probe: &str, outcomes: &[Outcome]) -> String {
 
 /// Runs `command`, echoing its output as it comes, and returns its status and every line.
 fn run_collecting(command: &mut Command) -> Result<(ExitStatus, Vec<String>)> {
-    let line = display(command);
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{line}`"))?;
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let stderr_lines = thread::spawn(move || echo_and_keep(stderr));
-    let mut lines = echo_and_keep(child.stdout.take().expect("stdout is piped"));
-    lines.extend(stderr_lines.join().expect("stderr reader panicked"));
-    let status = child
-        .wait()
-        .with_context(|| format!("cannot wait for `{line}`"))?;
-    Ok((status, lines))
-}
-
-fn echo_and_keep(stream: impl Read) -> Vec<String> {
-    let mut kept = Vec::new();
-    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&kept);
+    let status = run_lines(command, move |line| {
         eprintln!("{line}");
-        kept.push(line);
-    }
-    kept
+        sink.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(line);
+    })?;
+    let lines = std::mem::take(&mut *kept.lock().unwrap_or_else(PoisonError::into_inner));
+    Ok((status, lines))
 }
 
 /// Installs `onnxruntime-gpu` into its own directory unless the stamp says it is there.

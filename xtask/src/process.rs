@@ -5,7 +5,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -40,8 +40,12 @@ pub(crate) fn capture(command: &mut Command) -> Result<String> {
     String::from_utf8(output.stdout).with_context(|| format!("`{line}` printed invalid UTF-8"))
 }
 
-/// Runs `command`, echoing its output above the spinner so both stay readable.
-pub(crate) fn run_streamed(command: &mut Command, bar: &ProgressBar) -> Result<()> {
+/// Runs `command` to completion, handing every line of its stdout and stderr to `on_line`
+/// as it comes (from two reader threads), and returns its exit status.
+pub(crate) fn run_lines<F>(command: &mut Command, on_line: F) -> Result<ExitStatus>
+where
+    F: Fn(String) + Clone + Send + 'static,
+{
     let line = display(command);
     let mut child = command
         .stdin(Stdio::null())
@@ -50,29 +54,38 @@ pub(crate) fn run_streamed(command: &mut Command, bar: &ProgressBar) -> Result<(
         .spawn()
         .with_context(|| format!("cannot start `{line}`"))?;
     let stderr = child.stderr.take().expect("stderr is piped");
-    let stderr_bar = bar.clone();
-    let stderr_echo = thread::spawn(move || echo_lines(stderr, &stderr_bar));
-    echo_lines(child.stdout.take().expect("stdout is piped"), bar);
-    // The echo thread only ends when the pipe closes; a panic there would be a bug in it.
-    stderr_echo.join().expect("stderr echo thread panicked");
-    let status = child
+    let stderr_handler = on_line.clone();
+    let stderr_reader = thread::spawn(move || for_each_line(stderr, &stderr_handler));
+    for_each_line(child.stdout.take().expect("stdout is piped"), &on_line);
+    // The reader thread only ends when the pipe closes; a panic there would be a bug in it.
+    stderr_reader.join().expect("stderr reader thread panicked");
+    child
         .wait()
-        .with_context(|| format!("cannot wait for `{line}`"))?;
-    if !status.success() {
-        bail!("`{line}` failed ({status})");
-    }
-    Ok(())
+        .with_context(|| format!("cannot wait for `{line}`"))
 }
 
-fn echo_lines(stream: impl Read, bar: &ProgressBar) {
-    for line in BufReader::new(stream).lines().map_while(Result::ok) {
+fn for_each_line(stream: impl Read, on_line: &impl Fn(String)) {
+    BufReader::new(stream)
+        .lines()
+        .map_while(Result::ok)
+        .for_each(on_line);
+}
+
+/// Runs `command`, echoing its output above the spinner so both stay readable.
+pub(crate) fn run_streamed(command: &mut Command, bar: &ProgressBar) -> Result<()> {
+    let bar_for_lines = bar.clone();
+    let status = run_lines(command, move |line| {
         // A hidden bar (no terminal) drops `println`, so print directly instead.
-        if bar.is_hidden() {
+        if bar_for_lines.is_hidden() {
             eprintln!("{line}");
         } else {
-            bar.println(format!("  {line}"));
+            bar_for_lines.println(format!("  {line}"));
         }
+    })?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", display(command));
     }
+    Ok(())
 }
 
 /// Numbered steps, each shown as a spinner that ends with its duration.
@@ -155,6 +168,29 @@ mod tests {
             .to_string();
         assert!(error.contains("sh -c"), "{error}");
         assert!(error.contains("oops"), "{error}");
+    }
+
+    #[test]
+    fn run_lines_hands_over_both_streams_and_the_status() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&seen);
+        let status = run_lines(
+            Command::new("sh").args(["-c", "echo out; echo err >&2; exit 4"]),
+            move |line| sink.lock().unwrap().push(line),
+        )
+        .unwrap();
+        assert_eq!(status.code(), Some(4));
+        let mut lines = seen.lock().unwrap().clone();
+        lines.sort();
+        assert_eq!(lines, ["err", "out"]);
+    }
+
+    #[test]
+    fn run_streamed_fails_on_a_non_zero_exit() {
+        let bar = ProgressBar::hidden();
+        assert!(run_streamed(Command::new("true").arg("ignored"), &bar).is_ok());
+        let error = run_streamed(Command::new("sh").args(["-c", "exit 2"]), &bar).unwrap_err();
+        assert!(error.to_string().contains("failed"), "{error}");
     }
 
     #[test]
