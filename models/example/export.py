@@ -42,8 +42,8 @@ candle = "model.safetensors"
 ort = "model.onnx"
 tch = "model.pt"
 
-[architecture]
-kind = "mlp"
+[candle]
+architecture = "mlp"
 layers = ["fc1", "fc2"]
 activations = ["relu", "sigmoid"]
 """

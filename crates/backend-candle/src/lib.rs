@@ -3,10 +3,11 @@
 //! The pure-Rust backend of the inference server, built on [candle]: it needs no runtime
 //! library, so it is the one compiled in by default and the one to embed in other programs.
 //!
-//! candle reads weights, not graphs, so the model's layer stack comes from the manifest's
-//! `[architecture]` table (`kind = "mlp"`): each named layer is a linear layer whose
-//! `{name}.weight` (`[out, in]`) and `{name}.bias` (`[out]`) tensors are read from the
-//! safetensors file named by `[files] candle`, followed by its activation.
+//! candle reads weights, not graphs, so the model's architecture comes from the manifest's
+//! `[candle]` table (`architecture = "mlp"` or `"resnet"`), and its weights from the
+//! safetensors file named by `[files] candle`. Each architecture is one module that maps
+//! its settings and the weights to a forward function: adding one is one new file and one
+//! [`CandleSettings`] variant.
 //!
 //! ```no_run
 //! use inference_core::{Batch, EngineOptions, InferenceEngine, ModelManifest, Sample, Tensor};
@@ -32,18 +33,47 @@
 //!
 //! [candle]: https://github.com/huggingface/candle
 
-use candle_core::{DType as CandleDType, Device, Module, Tensor as CandleTensor};
-use candle_nn::Linear;
+mod mlp;
+
+use candle_core::{Device, Tensor as CandleTensor};
 use inference_core::{
-    Activation, Architecture, Backend, BackendFactory, Batch, DType, EngineError, EngineInfo,
-    EngineOptions, ModelManifest, Tensor, TensorSpec, WorkerPool,
+    Backend, BackendFactory, Batch, DType, EngineError, EngineInfo, EngineOptions, ModelManifest,
+    Tensor, WorkerPool,
 };
+use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The name this backend goes by in manifests (`[files] candle`) and in `EngineInfo`.
+/// The name this backend goes by in manifests (`[files] candle`, `[candle]`) and in
+/// `EngineInfo`.
 pub const BACKEND_NAME: &str = "candle";
+
+/// The `[candle]` table: which architecture, with that architecture's own settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "architecture", rename_all = "lowercase")]
+enum CandleSettings {
+    Mlp(mlp::MlpSettings),
+}
+
+/// A built network: one forward function from the input tensor to the output tensor.
+enum Network {
+    Mlp(mlp::Mlp),
+}
+
+impl Network {
+    fn forward(&self, input: &CandleTensor) -> candle_core::Result<CandleTensor> {
+        match self {
+            Network::Mlp(model) => model.forward(input),
+        }
+    }
+}
+
+/// A network with its device, shared read-only by every worker.
+struct Model {
+    network: Network,
+    device: Device,
+}
 
 /// Loads the model described by `manifest` into `options.instances` workers.
 ///
@@ -51,7 +81,7 @@ pub const BACKEND_NAME: &str = "candle";
 /// sentence naming it; nothing here panics.
 pub fn load(manifest: &ModelManifest, options: &EngineOptions) -> Result<WorkerPool, EngineError> {
     let (device, device_name) = resolve_device(&options.device)?;
-    let model = Arc::new(Mlp::load(manifest, &device)?);
+    let model = Arc::new(build(manifest, &device)?);
     let threads = options.intra_op_threads;
     let factory: BackendFactory = Arc::new(move |index| {
         let pool = threads
@@ -75,6 +105,66 @@ pub fn load(manifest: &ModelManifest, options: &EngineOptions) -> Result<WorkerP
         instances: options.instances,
     };
     WorkerPool::start(info, factory)
+}
+
+fn build(manifest: &ModelManifest, device: &Device) -> Result<Model, EngineError> {
+    let load_error =
+        |reason: String| EngineError::Load(format!("model '{}': {reason}", manifest.name));
+    if !manifest.tables.contains_key(BACKEND_NAME) {
+        return Err(load_error(format!(
+            "the candle backend needs a [candle] table (architecture = \"mlp\" or \"resnet\") in {}",
+            manifest.dir.join(ModelManifest::FILE_NAME).display()
+        )));
+    }
+    let settings: CandleSettings = manifest
+        .table(BACKEND_NAME)
+        .map_err(|e| EngineError::Load(e.to_string()))?;
+    let [input] = manifest.inputs.as_slice() else {
+        return Err(load_error(format!(
+            "candle models take exactly one input, the manifest lists {}",
+            manifest.inputs.len()
+        )));
+    };
+    if input.dtype != DType::F32 || manifest.outputs.iter().any(|o| o.dtype != DType::F32) {
+        return Err(load_error(
+            "candle models compute in f32: inputs and outputs must be f32".into(),
+        ));
+    }
+    let weights = manifest
+        .file_for(BACKEND_NAME)
+        .map_err(|e| EngineError::Load(e.to_string()))?;
+    let network = match &settings {
+        CandleSettings::Mlp(mlp) => {
+            Network::Mlp(mlp::Mlp::load(mlp, manifest, &weights, device).map_err(load_error)?)
+        }
+    };
+    Ok(Model {
+        network,
+        device: device.clone(),
+    })
+}
+
+impl Model {
+    fn forward(&self, batch: &Batch) -> Result<Batch, EngineError> {
+        let tensor = &batch.tensors[0];
+        let values = tensor
+            .as_f32()
+            .ok_or_else(|| EngineError::Backend("the input is not f32".into()))?;
+        let input = CandleTensor::from_slice(values, tensor.shape(), &self.device)
+            .map_err(backend_error)?;
+        let output = self.network.forward(&input).map_err(backend_error)?;
+        let shape = output.dims().to_vec();
+        let values = output
+            .flatten_all()
+            .and_then(|flat| flat.to_vec1::<f32>())
+            .map_err(backend_error)?;
+        let output = Tensor::from_f32(shape, values)
+            .map_err(|e| EngineError::Backend(format!("unexpected output size: {e}")))?;
+        Ok(Batch {
+            size: batch.size,
+            tensors: vec![output],
+        })
+    }
 }
 
 /// Maps the configured device name to a candle device and the name it reports.
@@ -119,143 +209,14 @@ fn cuda_device(_ordinal: usize) -> Result<(Device, String), EngineError> {
     ))
 }
 
-/// A stack of linear layers, each followed by an activation, on one device.
-#[derive(Debug)]
-struct Mlp {
-    layers: Vec<(Linear, Activation)>,
-    input_len: usize,
-    /// Per-row output shape, from the manifest.
-    output_shape: Vec<usize>,
-    device: Device,
-}
-
-impl Mlp {
-    fn load(manifest: &ModelManifest, device: &Device) -> Result<Self, EngineError> {
-        let load_error =
-            |reason: String| EngineError::Load(format!("model '{}': {reason}", manifest.name));
-        let Some(Architecture::Mlp {
-            layers,
-            activations,
-        }) = &manifest.architecture
-        else {
-            return Err(load_error(format!(
-                "the candle backend needs an [architecture] table (kind = \"mlp\") in {}",
-                manifest.dir.join(ModelManifest::FILE_NAME).display()
-            )));
-        };
-        if layers.is_empty() || layers.len() != activations.len() {
-            return Err(load_error(format!(
-                "the architecture has {} layer(s) and {} activation(s); it needs one \
-                 activation per layer and at least one layer",
-                layers.len(),
-                activations.len()
-            )));
-        }
-        let input = single_f32_spec(&manifest.inputs, "input").map_err(load_error)?;
-        let output = single_f32_spec(&manifest.outputs, "output").map_err(load_error)?;
-
-        let path = manifest
-            .file_for(BACKEND_NAME)
-            .map_err(|e| EngineError::Load(e.to_string()))?;
-        let mut tensors = read_safetensors(&path, device).map_err(load_error)?;
-
-        let mut width = input.len;
-        let mut stack = Vec::with_capacity(layers.len());
-        for (name, &activation) in layers.iter().zip(activations) {
-            let (linear, out) =
-                take_linear(&mut tensors, name, width, &path).map_err(load_error)?;
-            stack.push((linear, activation));
-            width = out;
-        }
-        if width != output.len {
-            return Err(load_error(format!(
-                "the last layer has {width} outputs but output '{}' has {} elements per row",
-                output.name, output.len
-            )));
-        }
-        Ok(Self {
-            layers: stack,
-            input_len: input.len,
-            output_shape: output.shape,
-            device: device.clone(),
-        })
-    }
-
-    fn forward(&self, batch: &Batch) -> Result<Batch, EngineError> {
-        let values = batch.tensors[0]
-            .as_f32()
-            .ok_or_else(|| EngineError::Backend("the input is not f32".into()))?;
-        let mut x = CandleTensor::from_slice(values, (batch.size, self.input_len), &self.device)
-            .map_err(backend_error)?;
-        for (linear, activation) in &self.layers {
-            x = linear.forward(&x).map_err(backend_error)?;
-            x = match activation {
-                Activation::Relu => x.relu(),
-                Activation::Sigmoid => candle_nn::ops::sigmoid(&x),
-                Activation::Tanh => x.tanh(),
-                Activation::Identity => Ok(x),
-            }
-            .map_err(backend_error)?;
-        }
-        let values = x
-            .flatten_all()
-            .and_then(|flat| flat.to_vec1::<f32>())
-            .map_err(backend_error)?;
-        let mut shape = Vec::with_capacity(self.output_shape.len() + 1);
-        shape.push(batch.size);
-        shape.extend_from_slice(&self.output_shape);
-        let output = Tensor::from_f32(shape, values)
-            .map_err(|e| EngineError::Backend(format!("unexpected output size: {e}")))?;
-        Ok(Batch {
-            size: batch.size,
-            tensors: vec![output],
-        })
-    }
-}
-
 fn backend_error(err: candle_core::Error) -> EngineError {
     EngineError::Backend(err.to_string())
 }
 
-/// The one input or output of an MLP: f32 with a fixed shape.
-struct FlatSpec {
-    name: String,
-    shape: Vec<usize>,
-    len: usize,
-}
-
-fn single_f32_spec(specs: &[TensorSpec], role: &str) -> Result<FlatSpec, String> {
-    let [spec] = specs else {
-        return Err(format!(
-            "an MLP has exactly one {role}, the manifest lists {}",
-            specs.len()
-        ));
-    };
-    if spec.dtype != DType::F32 {
-        return Err(format!(
-            "{role} '{}' is {}; the candle MLP computes in f32",
-            spec.name, spec.dtype
-        ));
-    }
-    let shape: Option<Vec<usize>> = spec
-        .shape
-        .iter()
-        .map(|&d| usize::try_from(d).ok())
-        .collect();
-    let shape = shape.ok_or_else(|| {
-        format!(
-            "{role} '{}' has shape {:?}; an MLP needs fixed dimensions",
-            spec.name, spec.shape
-        )
-    })?;
-    Ok(FlatSpec {
-        name: spec.name.clone(),
-        len: shape.iter().product(),
-        shape,
-    })
-}
-
-fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, CandleTensor>, String> {
+pub(crate) fn read_safetensors(
+    path: &Path,
+    device: &Device,
+) -> Result<HashMap<String, CandleTensor>, String> {
     if !path.is_file() {
         return Err(format!("weights file {} does not exist", path.display()));
     }
@@ -263,50 +224,9 @@ fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Cand
         .map_err(|e| format!("cannot read weights file {}: {e}", path.display()))
 }
 
-/// Takes layer `name`'s weight `[out, in]` and bias `[out]`, checking `in` against the width
-/// of the previous layer; returns the layer and its output width.
-fn take_linear(
-    tensors: &mut HashMap<String, CandleTensor>,
-    name: &str,
-    in_width: usize,
-    path: &Path,
-) -> Result<(Linear, usize), String> {
-    let mut take = |suffix: &str| {
-        let key = format!("{name}.{suffix}");
-        let tensor = tensors
-            .remove(&key)
-            .ok_or_else(|| format!("{} has no tensor '{key}'", path.display()))?;
-        let dims = tensor.dims().to_vec();
-        // Weights stored in another float type are computed in f32 like the inputs.
-        let tensor = tensor
-            .to_dtype(CandleDType::F32)
-            .map_err(|e| format!("tensor '{key}' cannot be converted to f32: {e}"))?;
-        Ok::<_, String>((tensor, dims, key))
-    };
-    let (weight, weight_dims, weight_key) = take("weight")?;
-    let (bias, bias_dims, bias_key) = take("bias")?;
-    let &[out, inputs] = weight_dims.as_slice() else {
-        return Err(format!(
-            "'{weight_key}' has shape {weight_dims:?}, expected [out, in]"
-        ));
-    };
-    if inputs != in_width {
-        return Err(format!(
-            "'{weight_key}' has shape {weight_dims:?}: it takes {inputs} inputs but the \
-             previous layer gives {in_width}"
-        ));
-    }
-    if bias_dims != [out] {
-        return Err(format!(
-            "'{bias_key}' has shape {bias_dims:?}, expected [{out}] to match '{weight_key}'"
-        ));
-    }
-    Ok((Linear::new(weight, Some(bias)), out))
-}
-
 /// One worker's handle on the shared, read-only weights.
 struct CandleBackend {
-    model: Arc<Mlp>,
+    model: Arc<Model>,
     /// This worker's op threads, when `intra_op_threads` is set.
     pool: Option<rayon::ThreadPool>,
 }
@@ -323,6 +243,7 @@ impl Backend for CandleBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::DType as CandleDType;
     use inference_core::ErrorKind;
     use inference_core::conformance::{self, example_manifest};
 
@@ -396,11 +317,31 @@ mod tests {
     }
 
     #[test]
-    fn manifest_without_architecture_is_refused() {
+    fn manifest_without_candle_table_is_refused() {
         let mut manifest = example_manifest();
-        manifest.architecture = None;
+        manifest.tables.remove(BACKEND_NAME);
         let message = load_error(&manifest, &EngineOptions::default());
-        assert!(message.contains("[architecture]"), "{message}");
+        assert!(message.contains("[candle]"), "{message}");
+    }
+
+    #[test]
+    fn unknown_architecture_or_setting_is_refused() {
+        let mut manifest = example_manifest();
+        manifest.tables.insert(
+            BACKEND_NAME.into(),
+            toml::from_str("architecture = \"transformer\"").unwrap(),
+        );
+        let message = load_error(&manifest, &EngineOptions::default());
+        assert!(message.contains("transformer"), "{message}");
+        manifest.tables.insert(
+            BACKEND_NAME.into(),
+            toml::from_str(
+                "architecture = \"mlp\"\nlayers = [\"fc1\"]\nactivations = [\"relu\"]\nlayres = 1",
+            )
+            .unwrap(),
+        );
+        let message = load_error(&manifest, &EngineOptions::default());
+        assert!(message.contains("layres"), "{message}");
     }
 
     #[test]
@@ -467,10 +408,13 @@ mod tests {
     #[test]
     fn activation_count_must_match_layers() {
         let mut manifest = example_manifest();
-        manifest.architecture = Some(Architecture::Mlp {
-            layers: vec!["fc1".into(), "fc2".into()],
-            activations: vec![Activation::Relu],
-        });
+        manifest.tables.insert(
+            BACKEND_NAME.into(),
+            toml::from_str(
+                "architecture = \"mlp\"\nlayers = [\"fc1\", \"fc2\"]\nactivations = [\"relu\"]",
+            )
+            .unwrap(),
+        );
         let message = load_error(&manifest, &EngineOptions::default());
         assert!(
             message.contains("2 layer(s) and 1 activation(s)"),

@@ -54,7 +54,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<Vec<_>, inference_core::TensorError>>()?;
     let output = engine.infer(Batch::stack(&samples)?).await?;
     for (x, row) in inputs.iter().zip(output.unstack()?) {
-        println!("{x:>8} -> {:?}", row.tensors[0].data().to_f64_vec());
+        println!(
+            "{x:>8} -> {:?}",
+            row.tensors[0].to_f64_vec().unwrap_or_default()
+        );
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use crate::config::{DeviceRequest, SessionConfig};
 use crate::runtime::one_line;
-use inference_core::{Backend, Batch, DType, EngineError, Tensor, TensorData, TensorSpec};
+use inference_core::{Backend, Batch, DType, EngineError, Tensor, TensorSpec, with_element_type};
 use ort::session::{Session, SessionInputValue, builder::SessionBuilder};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 use std::borrow::Cow;
@@ -13,8 +13,8 @@ use std::path::Path;
 #[derive(Debug)]
 pub(crate) struct OrtBackend {
     session: Session,
-    inputs: Vec<TensorSpec>,
-    outputs: Vec<TensorSpec>,
+    pub(crate) inputs: Vec<TensorSpec>,
+    pub(crate) outputs: Vec<TensorSpec>,
 }
 
 /// A built session and the device it resolved to (never [`DeviceRequest::Auto`]).
@@ -25,7 +25,7 @@ pub(crate) struct Built {
 
 impl OrtBackend {
     /// Builds a session for `model` on the requested device and checks the graph's inputs
-    /// and outputs against the manifest.
+    /// and outputs against the manifest; empty `inputs` (`outputs`) are read from the graph.
     pub(crate) fn build(
         environment: &ort::environment::Environment,
         model: &Path,
@@ -65,13 +65,25 @@ impl OrtBackend {
                 DeviceRequest::Cpu,
             ),
         };
-        check_outlets("input", session.inputs(), inputs, model)?;
-        check_outlets("output", session.outputs(), outputs, model)?;
+        // A manifest without inputs (outputs) takes them from the graph, as Triton
+        // completes a model configuration; one that lists them must agree with the graph.
+        let inputs = if inputs.is_empty() {
+            specs_of("input", session.inputs(), model)?
+        } else {
+            check_outlets("input", session.inputs(), inputs, model)?;
+            inputs.to_vec()
+        };
+        let outputs = if outputs.is_empty() {
+            specs_of("output", session.outputs(), model)?
+        } else {
+            check_outlets("output", session.outputs(), outputs, model)?;
+            outputs.to_vec()
+        };
         Ok(Built {
             backend: OrtBackend {
                 session,
-                inputs: inputs.to_vec(),
-                outputs: outputs.to_vec(),
+                inputs,
+                outputs,
             },
             device,
         })
@@ -202,13 +214,60 @@ fn check_outlets(
 
 fn element_type(dtype: DType) -> TensorElementType {
     match dtype {
-        DType::F32 => TensorElementType::Float32,
-        DType::F64 => TensorElementType::Float64,
+        DType::Bool => TensorElementType::Bool,
+        DType::U8 => TensorElementType::Uint8,
+        DType::I8 => TensorElementType::Int8,
+        DType::I16 => TensorElementType::Int16,
         DType::I32 => TensorElementType::Int32,
         DType::I64 => TensorElementType::Int64,
-        DType::U8 => TensorElementType::Uint8,
-        DType::Bool => TensorElementType::Bool,
+        DType::F16 => TensorElementType::Float16,
+        DType::BF16 => TensorElementType::Bfloat16,
+        DType::F32 => TensorElementType::Float32,
+        DType::F64 => TensorElementType::Float64,
+        DType::Bytes => TensorElementType::String,
     }
+}
+
+/// The core element type of an ONNX tensor element type, when core has one.
+pub(crate) fn core_dtype(ty: TensorElementType) -> Option<DType> {
+    DType::ALL.iter().copied().find(|&d| element_type(d) == ty)
+}
+
+/// The graph's inputs or outputs as specs: the leading dimension is the batch, and the rest
+/// is per sample (`-1` where the graph leaves a dimension free).
+pub(crate) fn specs_of(
+    role: &str,
+    graph: &[ort::value::Outlet],
+    model: &Path,
+) -> Result<Vec<TensorSpec>, EngineError> {
+    graph
+        .iter()
+        .map(|outlet| {
+            let unusable = |why: String| {
+                EngineError::Load(format!(
+                    "{}: {role} '{}' {why}; describe it in model.toml",
+                    model.display(),
+                    outlet.name()
+                ))
+            };
+            let ValueType::Tensor { ty, shape, .. } = outlet.dtype() else {
+                return Err(unusable("is not a tensor".into()));
+            };
+            let dtype =
+                core_dtype(*ty).ok_or_else(|| unusable(format!("has element type {ty}")))?;
+            let Some((_, per_sample)) = shape.split_first() else {
+                return Err(unusable("has no batch dimension".into()));
+            };
+            Ok(TensorSpec {
+                name: outlet.name().to_string(),
+                dtype,
+                shape: per_sample
+                    .iter()
+                    .map(|&d| if d < 0 { -1 } else { d })
+                    .collect(),
+            })
+        })
+        .collect()
 }
 
 impl Backend for OrtBackend {
@@ -240,18 +299,27 @@ impl Backend for OrtBackend {
     }
 }
 
-/// Borrows a core tensor as an ORT tensor without copying its data.
+/// Borrows a core tensor as an ORT tensor without copying its data (booleans are copied
+/// once: core stores them as bytes, ORT wants `bool`).
 fn to_ort(tensor: &Tensor) -> Result<SessionInputValue<'_>, EngineError> {
     let shape = tensor.shape().to_vec();
-    let value: Result<SessionInputValue<'_>, ort::Error> = match tensor.data() {
-        TensorData::F32(v) => TensorRef::from_array_view((shape, v.as_slice())).map(Into::into),
-        TensorData::F64(v) => TensorRef::from_array_view((shape, v.as_slice())).map(Into::into),
-        TensorData::I32(v) => TensorRef::from_array_view((shape, v.as_slice())).map(Into::into),
-        TensorData::I64(v) => TensorRef::from_array_view((shape, v.as_slice())).map(Into::into),
-        TensorData::U8(v) => TensorRef::from_array_view((shape, v.as_slice())).map(Into::into),
-        TensorData::Bool(v) => TensorRef::from_array_view((shape, v.as_slice())).map(Into::into),
+    let fail = |e: &dyn std::fmt::Display| {
+        EngineError::Backend(format!("cannot pass a tensor to ONNX Runtime: {e}"))
     };
-    value.map_err(|e| EngineError::Backend(format!("cannot pass a tensor to ONNX Runtime: {e}")))
+    if let Some(bools) = tensor.bools() {
+        let values: Vec<bool> = bools.collect();
+        return ort::value::Tensor::from_array((shape, values))
+            .map(Into::into)
+            .map_err(|e| fail(&e));
+    }
+    with_element_type!(tensor.dtype(), T => {
+        let values = tensor
+            .as_slice::<T>()
+            .ok_or_else(|| fail(&"the tensor's buffer does not match its type"))?;
+        TensorRef::from_array_view((shape, values))
+            .map(Into::into)
+            .map_err(|e| fail(&e))
+    }, bytes => Err(fail(&"BYTES inputs are not supported by the ort backend")))
 }
 
 /// Copies an ORT output into a core tensor, checking its type and its shape
@@ -259,43 +327,35 @@ fn to_ort(tensor: &Tensor) -> Result<SessionInputValue<'_>, EngineError> {
 fn from_ort(value: &DynValue, spec: &TensorSpec, rows: usize) -> Result<Tensor, EngineError> {
     let wrong = |what: String| EngineError::Backend(format!("output '{}' {what}", spec.name));
     let extract_err = |e: ort::Error| wrong(format!("cannot be read: {e}"));
-    let (shape, data) = match spec.dtype {
-        DType::F32 => {
-            let (shape, v) = value.try_extract_tensor::<f32>().map_err(extract_err)?;
-            (shape, TensorData::F32(v.to_vec()))
-        }
-        DType::F64 => {
-            let (shape, v) = value.try_extract_tensor::<f64>().map_err(extract_err)?;
-            (shape, TensorData::F64(v.to_vec()))
-        }
-        DType::I32 => {
-            let (shape, v) = value.try_extract_tensor::<i32>().map_err(extract_err)?;
-            (shape, TensorData::I32(v.to_vec()))
-        }
-        DType::I64 => {
-            let (shape, v) = value.try_extract_tensor::<i64>().map_err(extract_err)?;
-            (shape, TensorData::I64(v.to_vec()))
-        }
-        DType::U8 => {
-            let (shape, v) = value.try_extract_tensor::<u8>().map_err(extract_err)?;
-            (shape, TensorData::U8(v.to_vec()))
-        }
-        DType::Bool => {
-            let (shape, v) = value.try_extract_tensor::<bool>().map_err(extract_err)?;
-            (shape, TensorData::Bool(v.to_vec()))
-        }
+    let dims = |shape: &ort::value::Shape| -> Result<Vec<usize>, EngineError> {
+        shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<_, _>>()
+            .map_err(|_| wrong(format!("has a negative dimension in {:?}", &shape[..])))
     };
-    let dims: Vec<usize> = shape
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<Result<_, _>>()
-        .map_err(|_| wrong(format!("has a negative dimension in {:?}", &shape[..])))?;
-    let fits = dims.first() == Some(&rows) && spec.check_parts(spec.dtype, &dims[1..]).is_ok();
+    let tensor = if spec.dtype == DType::Bool {
+        let (shape, v) = value.try_extract_tensor::<bool>().map_err(extract_err)?;
+        Tensor::from_bools(dims(shape)?, v)
+    } else {
+        with_element_type!(spec.dtype, T => {
+            let (shape, v) = value.try_extract_tensor::<T>().map_err(extract_err)?;
+            Tensor::from_vec(dims(shape)?, v.to_vec())
+        }, bytes => {
+            let (shape, v) = value.try_extract_strings().map_err(extract_err)?;
+            let items = v.into_iter().map(bytes::Bytes::from).collect();
+            Tensor::from_strings(dims(shape)?, items)
+        })
+    }
+    .map_err(|e| wrong(e.to_string()))?;
+    let fits = tensor.shape().first() == Some(&rows)
+        && spec.check_parts(spec.dtype, &tensor.shape()[1..]).is_ok();
     if !fits {
         return Err(wrong(format!(
-            "has shape {dims:?}, expected [{rows}] + {:?}",
+            "has shape {:?}, expected [{rows}] + {:?}",
+            tensor.shape(),
             spec.shape
         )));
     }
-    Tensor::new(dims, data).map_err(|e| wrong(e.to_string()))
+    Ok(tensor)
 }

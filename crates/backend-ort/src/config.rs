@@ -1,7 +1,8 @@
 //! Turning the backend-agnostic [`EngineOptions`] strings into ONNX Runtime settings.
 
-use inference_core::{EngineError, EngineOptions};
+use inference_core::{EngineError, EngineOptions, ModelManifest};
 use ort::session::builder::GraphOptimizationLevel;
+use serde::Deserialize;
 
 /// The accepted `graph_optimization` values, in increasing order of effort.
 pub const GRAPH_OPTIMIZATION_LEVELS: [&str; 4] = ["disable", "basic", "extended", "all"];
@@ -27,6 +28,14 @@ impl DeviceRequest {
     }
 }
 
+/// The `[ort]` table of a model's `model.toml`: ONNX Runtime's own settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OrtSettings {
+    /// `disable`, `basic`, `extended` or `all` (default).
+    pub(crate) graph_optimization: Option<String>,
+}
+
 /// Everything needed to build one session, shared by every worker.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionConfig {
@@ -36,9 +45,16 @@ pub(crate) struct SessionConfig {
 }
 
 impl SessionConfig {
-    pub(crate) fn from_options(options: &EngineOptions) -> Result<Self, EngineError> {
+    pub(crate) fn new(
+        manifest: &ModelManifest,
+        options: &EngineOptions,
+    ) -> Result<Self, EngineError> {
+        let settings: OrtSettings = manifest
+            .table(crate::BACKEND_NAME)
+            .map_err(|e| EngineError::Load(e.to_string()))?;
+        let level = settings.graph_optimization.as_deref().unwrap_or("all");
         let config = Self {
-            optimization: parse_graph_optimization(&options.graph_optimization)?,
+            optimization: parse_graph_optimization(level)?,
             intra_op_threads: options.intra_op_threads,
             device: parse_device(&options.device)?,
         };
@@ -125,7 +141,8 @@ mod tests {
             device: "cuda:1".into(),
             ..EngineOptions::default()
         };
-        let outcome = SessionConfig::from_options(&options);
+        let manifest = ModelManifest::bare("m", std::path::Path::new("."));
+        let outcome = SessionConfig::new(&manifest, &options);
         if cfg!(feature = "cuda") {
             assert_eq!(outcome.unwrap().device, DeviceRequest::Cuda(1));
         } else {

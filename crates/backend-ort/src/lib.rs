@@ -45,7 +45,7 @@ pub const BACKEND_NAME: &str = "ort";
 ///
 /// Blocks while the runtime library and the sessions load; call it at startup.
 pub fn load(manifest: &ModelManifest, options: &EngineOptions) -> Result<WorkerPool, EngineError> {
-    let config = SessionConfig::from_options(options)?;
+    let config = SessionConfig::new(manifest, options)?;
     let model = manifest
         .file_for(BACKEND_NAME)
         .map_err(|e| EngineError::Load(e.to_string()))?;
@@ -57,7 +57,7 @@ pub fn load(manifest: &ModelManifest, options: &EngineOptions) -> Result<WorkerP
         )));
     }
     let runtime = runtime::runtime(options.runtime_library.as_deref())?;
-    let spec = manifest.spec();
+    let mut spec = manifest.spec();
 
     // The first session is built here so a bad model, manifest or device fails before any
     // thread starts, and so the device it resolved to can be reported.
@@ -68,6 +68,8 @@ pub fn load(manifest: &ModelManifest, options: &EngineOptions) -> Result<WorkerP
         &spec.inputs,
         &spec.outputs,
     )?;
+    spec.inputs.clone_from(&first.backend.inputs);
+    spec.outputs.clone_from(&first.backend.outputs);
     tracing::info!(
         model = %manifest.name,
         device = %first.device.label(),
@@ -168,14 +170,29 @@ mod tests {
 
     #[test]
     fn an_unknown_graph_optimization_names_the_allowed_values() {
-        let options = EngineOptions {
-            graph_optimization: "aggressive".into(),
-            ..EngineOptions::default()
-        };
-        let message = load_error(&example_manifest(), &options);
+        let mut manifest = example_manifest();
+        manifest.tables.insert(
+            BACKEND_NAME.into(),
+            toml::from_str("graph_optimization = \"aggressive\"").unwrap(),
+        );
+        let message = load_error(&manifest, &EngineOptions::default());
         assert!(message.contains("'aggressive'"), "{message}");
         assert!(
             message.contains("disable, basic, extended, all"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_ort_setting_is_named() {
+        let mut manifest = example_manifest();
+        manifest.tables.insert(
+            BACKEND_NAME.into(),
+            toml::from_str("graph_optimisation = \"all\"").unwrap(),
+        );
+        let message = load_error(&manifest, &EngineOptions::default());
+        assert!(
+            message.contains("[ort]") && message.contains("graph_optimisation"),
             "{message}"
         );
     }

@@ -28,12 +28,16 @@ async fn every_graph_optimization_level_matches_the_golden_outputs() {
     let cases = golden.cycled(golden.cases.len());
     for level in GRAPH_OPTIMIZATION_LEVELS {
         let options = EngineOptions {
-            graph_optimization: level.into(),
             intra_op_threads: Some(1),
             runtime_library: Some(library()),
             ..EngineOptions::default()
         };
-        let engine = load(&example_manifest(), &options)
+        let mut manifest = example_manifest();
+        let table = format!("graph_optimization = {level:?}");
+        manifest
+            .tables
+            .insert("ort".into(), toml::from_str(&table).unwrap());
+        let engine = load(&manifest, &options)
             .unwrap_or_else(|e| panic!("graph_optimization '{level}': {e}"));
         let output = engine.infer(input_batch(&cases)).await.unwrap();
         let max_error = compare_with_golden(&output, &cases)

@@ -33,7 +33,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let outputs = engine.infer(Batch::stack(&samples)?).await?;
     let elapsed = started.elapsed();
     for (x, row) in inputs.iter().zip(outputs.unstack()?) {
-        println!("{x} -> {:?}", row.tensors[0].data().to_f64_vec());
+        println!(
+            "{x} -> {:?}",
+            row.tensors[0].to_f64_vec().unwrap_or_default()
+        );
     }
     println!("batch of {} in {elapsed:?}", inputs.len());
     Ok(())

@@ -20,7 +20,7 @@
 
 use inference_core::{
     Backend, BackendFactory, Batch, DType, EngineError, EngineInfo, EngineOptions, ModelManifest,
-    TensorData, TensorSpec, WorkerPool,
+    TensorSpec, WorkerPool,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -211,16 +211,15 @@ fn unexpected_output(value: &IValue) -> EngineError {
 }
 
 fn to_tch(tensor: &inference_core::Tensor, device: Device) -> Result<tch::Tensor, TchError> {
-    let flat = match tensor.data() {
-        TensorData::F32(v) => tch::Tensor::f_from_slice(v),
-        TensorData::F64(v) => tch::Tensor::f_from_slice(v),
-        TensorData::I32(v) => tch::Tensor::f_from_slice(v),
-        TensorData::I64(v) => tch::Tensor::f_from_slice(v),
-        TensorData::U8(v) => tch::Tensor::f_from_slice(v),
-        TensorData::Bool(v) => tch::Tensor::f_from_slice(v),
-    }?;
+    let (Some(bytes), Some(kind)) = (tensor.raw_bytes(), kind_of(tensor.dtype())) else {
+        return Err(TchError::Kind(format!(
+            "{} tensors are not supported by the tch backend",
+            tensor.dtype()
+        )));
+    };
     let shape: Vec<i64> = tensor.shape().iter().map(|&d| d as i64).collect();
-    let shaped = flat.f_view(shape.as_slice())?;
+    // Core guarantees the buffer holds exactly shape × element size bytes.
+    let shaped = tch::Tensor::f_from_data_size(bytes, &shape, kind)?;
     if device == Device::Cpu {
         Ok(shaped)
     } else {
@@ -259,35 +258,44 @@ fn from_tch(
             )));
         }
     }
-    let flat = tensor.f_reshape([-1]).map_err(backend_error)?;
-    let data = match dtype {
-        DType::F32 => Vec::<f32>::try_from(&flat).map(TensorData::F32),
-        DType::F64 => Vec::<f64>::try_from(&flat).map(TensorData::F64),
-        DType::I32 => Vec::<i32>::try_from(&flat).map(TensorData::I32),
-        DType::I64 => Vec::<i64>::try_from(&flat).map(TensorData::I64),
-        DType::U8 => Vec::<u8>::try_from(&flat).map(TensorData::U8),
-        DType::Bool => Vec::<bool>::try_from(&flat).map(TensorData::Bool),
-    }
-    .map_err(backend_error)?;
-    inference_core::Tensor::new(shape, data).map_err(|e| EngineError::Backend(e.to_string()))
+    let flat = tensor
+        .f_to_device(Device::Cpu)
+        .and_then(|t| t.f_contiguous())
+        .map_err(backend_error)?;
+    let numel: usize = shape.iter().product();
+    let mut raw = vec![0u8; numel * dtype.size().unwrap_or(1)];
+    flat.f_copy_data_u8(&mut raw, numel)
+        .map_err(backend_error)?;
+    inference_core::Tensor::from_bytes(dtype, shape, bytes::Bytes::from(raw))
+        .map_err(|e| EngineError::Backend(e.to_string()))
+}
+
+/// The libtorch element kind of each core element type (none for `BYTES`).
+const KINDS: [(DType, Kind); 10] = [
+    (DType::Bool, Kind::Bool),
+    (DType::U8, Kind::Uint8),
+    (DType::I8, Kind::Int8),
+    (DType::I16, Kind::Int16),
+    (DType::I32, Kind::Int),
+    (DType::I64, Kind::Int64),
+    (DType::F16, Kind::Half),
+    (DType::BF16, Kind::BFloat16),
+    (DType::F32, Kind::Float),
+    (DType::F64, Kind::Double),
+];
+
+fn kind_of(dtype: DType) -> Option<Kind> {
+    KINDS.iter().find(|(d, _)| *d == dtype).map(|&(_, k)| k)
 }
 
 fn dtype_of(kind: Kind) -> Option<DType> {
-    match kind {
-        Kind::Float => Some(DType::F32),
-        Kind::Double => Some(DType::F64),
-        Kind::Int => Some(DType::I32),
-        Kind::Int64 => Some(DType::I64),
-        Kind::Uint8 => Some(DType::U8),
-        Kind::Bool => Some(DType::Bool),
-        _ => None,
-    }
+    KINDS.iter().find(|(_, k)| *k == kind).map(|&(d, _)| d)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use inference_core::{ErrorKind, InferenceEngine, Sample, Tensor};
+    use inference_core::{ErrorKind, InferenceEngine, Sample, Tensor, bf16, f16};
     use std::path::PathBuf;
 
     fn example_dir() -> PathBuf {
@@ -420,18 +428,21 @@ mod tests {
     #[test]
     fn every_core_dtype_round_trips_through_tch() {
         let cases = [
-            TensorData::F32(vec![1.5, -2.0]),
-            TensorData::F64(vec![1.5, -2.0]),
-            TensorData::I32(vec![7, -8]),
-            TensorData::I64(vec![7, -8]),
-            TensorData::U8(vec![0, 255]),
-            TensorData::Bool(vec![true, false]),
+            Tensor::from_vec(vec![2, 1], vec![1.5f32, -2.0]).unwrap(),
+            Tensor::from_vec(vec![2, 1], vec![1.5f64, -2.0]).unwrap(),
+            Tensor::from_vec(vec![2, 1], vec![7i32, -8]).unwrap(),
+            Tensor::from_vec(vec![2, 1], vec![7i64, -8]).unwrap(),
+            Tensor::from_vec(vec![2, 1], vec![0u8, 255]).unwrap(),
+            Tensor::from_vec(vec![2, 1], vec![-7i8, 8]).unwrap(),
+            Tensor::from_vec(vec![2, 1], vec![-7i16, 8]).unwrap(),
+            Tensor::from_vec(vec![2, 1], vec![f16::from_f32(1.5), f16::from_f32(-2.0)]).unwrap(),
+            Tensor::from_vec(vec![2, 1], vec![bf16::from_f32(1.5), bf16::from_f32(-2.0)]).unwrap(),
+            Tensor::from_bools(vec![2, 1], &[true, false]).unwrap(),
         ];
-        for data in cases {
-            let tensor = Tensor::new(vec![2, 1], data.clone()).unwrap();
+        for tensor in cases {
             let spec = TensorSpec {
                 name: "x".into(),
-                dtype: data.dtype(),
+                dtype: tensor.dtype(),
                 shape: vec![1],
             };
             let back = from_tch(&to_tch(&tensor, Device::Cpu).unwrap(), &spec, 2).unwrap();

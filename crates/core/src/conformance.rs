@@ -21,7 +21,7 @@
 use crate::engine::InferenceEngine;
 use crate::error::ErrorKind;
 use crate::model::{Batch, ModelManifest, Sample};
-use crate::tensor::{DType, Tensor, TensorData};
+use crate::tensor::{DType, Tensor};
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -198,7 +198,7 @@ pub fn compare_with_golden(output: &Batch, cases: &[&GoldenCase]) -> Result<f64,
             tensor.shape()
         ));
     }
-    let TensorData::F32(values) = tensor.data() else {
+    let Some(values) = tensor.as_f32() else {
         return Err(format!("expected f32 outputs, got {}", tensor.dtype()));
     };
     let mut max_error = 0.0_f64;

@@ -114,9 +114,8 @@ pub struct EngineOptions {
     pub instances: usize,
     /// Threads a single forward pass may use; `None` leaves the library's default.
     pub intra_op_threads: Option<usize>,
-    /// ONNX Runtime graph optimization: `disable`, `basic`, `extended` or `all`.
-    pub graph_optimization: String,
-    /// Path of a runtime shared library to load (ONNX Runtime's `libonnxruntime.so`).
+    /// Path of a runtime shared library to load (ONNX Runtime's `libonnxruntime.so`): where
+    /// the library lives is a fact of the machine, not of a model.
     pub runtime_library: Option<std::path::PathBuf>,
 }
 
@@ -126,7 +125,6 @@ impl Default for EngineOptions {
             device: "cpu".into(),
             instances: 1,
             intra_op_threads: None,
-            graph_optimization: "all".into(),
             runtime_library: None,
         }
     }

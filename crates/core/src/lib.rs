@@ -20,10 +20,10 @@ pub use engine::{
 };
 pub use error::{EngineError, ErrorKind};
 pub use model::{
-    Activation, Architecture, Batch, ManifestError, ModelManifest, ModelSpec, Sample, TensorSpec,
+    Batch, ManifestError, ModelBatching, ModelManifest, ModelSpec, Sample, TensorSpec,
 };
 pub use scheduler::{
     InferenceRequest, InferenceResponse, Scheduler, SchedulerConfig, SchedulerStats,
 };
-pub use tensor::{DType, Tensor, TensorData, TensorError};
+pub use tensor::{DType, Element, Tensor, TensorData, TensorError, bf16, f16};
 pub use worker::{Backend, BackendFactory, WorkerPool, panic_message};

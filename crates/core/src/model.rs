@@ -64,28 +64,6 @@ impl TensorSpec {
     }
 }
 
-/// The layer stack of a plain multi-layer perceptron, for backends that cannot read a
-/// graph from the weights file (candle reads only safetensors).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Architecture {
-    /// `layers[i]` names the `{name}.weight` / `{name}.bias` pair of the i-th linear layer,
-    /// followed by `activations[i]`.
-    Mlp {
-        layers: Vec<String>,
-        activations: Vec<Activation>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Activation {
-    Relu,
-    Sigmoid,
-    Tanh,
-    Identity,
-}
-
 /// What a served model is, independent of any backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelSpec {
@@ -197,25 +175,68 @@ pub enum ManifestError {
     Parse { path: PathBuf, message: String },
     #[error("model '{model}' has no file for backend '{backend}' in its manifest")]
     NoFileForBackend { model: String, backend: String },
+    #[error("model '{model}': table [{table}] is invalid: {message}")]
+    Table {
+        model: String,
+        table: String,
+        message: String,
+    },
+}
+
+/// Per-model dynamic batching; unset fields take the server's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelBatching {
+    pub max_batch_size: Option<usize>,
+    /// Milliseconds a forward pass may wait for more rows.
+    pub max_queue_delay_ms: Option<f64>,
+    pub max_queue_size: Option<usize>,
 }
 
 /// The contents of a model directory's `model.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// Core reads what every backend shares. Every other table is kept as parsed TOML and read
+/// by its owner: `[candle]`, `[ort]`, `[tch]` by that backend, `[preprocess]` and
+/// `[postprocess]` by the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelManifest {
     pub name: String,
+    #[serde(default = "default_version")]
     pub version: String,
     #[serde(default)]
     pub description: String,
+    /// May be omitted when the backend reads them from the graph (ONNX).
+    #[serde(default)]
     pub inputs: Vec<TensorSpec>,
+    #[serde(default)]
     pub outputs: Vec<TensorSpec>,
     /// Weights file per backend name (`candle`, `ort`, `tch`), relative to the directory.
-    pub files: BTreeMap<String, String>,
     #[serde(default)]
-    pub architecture: Option<Architecture>,
+    pub files: BTreeMap<String, String>,
+    /// The backend that serves this model; unset: the server's default.
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`; unset: the server's default.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Engine workers; unset: the server's default.
+    #[serde(default)]
+    pub instances: Option<usize>,
+    #[serde(default)]
+    pub batching: ModelBatching,
+    /// Batch sizes of the zero batches run before the model is ready (default `[1]`).
+    #[serde(default)]
+    pub warmup_batch_sizes: Option<Vec<usize>>,
+    /// Every other table, by name: backend settings, pre- and postprocessing.
+    #[serde(flatten)]
+    pub tables: BTreeMap<String, toml::Table>,
     /// The directory the manifest was read from (not part of the file).
     #[serde(skip)]
     pub dir: PathBuf,
+}
+
+fn default_version() -> String {
+    "1".into()
 }
 
 impl ModelManifest {
@@ -228,13 +249,63 @@ impl ModelManifest {
             path: path.clone(),
             source,
         })?;
-        let mut manifest: ModelManifest =
-            toml::from_str(&text).map_err(|e| ManifestError::Parse {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+        let mut manifest = Self::parse(&text).map_err(|message| ManifestError::Parse {
+            path: path.clone(),
+            message,
+        })?;
         manifest.dir = dir.to_path_buf();
         Ok(manifest)
+    }
+
+    /// Parses manifest text; the error is one line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        const KEYS: [&str; 11] = [
+            "name",
+            "version",
+            "description",
+            "inputs",
+            "outputs",
+            "files",
+            "backend",
+            "device",
+            "instances",
+            "batching",
+            "warmup_batch_sizes",
+        ];
+        let one_line = |e: toml::de::Error| e.to_string().replace('\n', " ");
+        let table: toml::Table = text.parse().map_err(one_line)?;
+        // Every other key is a table read by its owner; a stray scalar is a typo to name.
+        if let Some(key) = table
+            .iter()
+            .find(|(key, value)| !KEYS.contains(&key.as_str()) && !value.is_table())
+            .map(|(key, _)| key)
+        {
+            return Err(format!(
+                "unknown key '{key}' (known keys: {}; other entries must be tables such as [candle])",
+                KEYS.join(", ")
+            ));
+        }
+        table.try_into().map_err(one_line)
+    }
+
+    /// A minimal manifest for a model known only by its name and folder (e.g. a folder that
+    /// holds just a `model.onnx`).
+    pub fn bare(name: &str, dir: &Path) -> Self {
+        Self {
+            name: name.into(),
+            version: default_version(),
+            description: String::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            files: BTreeMap::new(),
+            backend: None,
+            device: None,
+            instances: None,
+            batching: ModelBatching::default(),
+            warmup_batch_sizes: None,
+            tables: BTreeMap::new(),
+            dir: dir.to_path_buf(),
+        }
     }
 
     pub fn spec(&self) -> ModelSpec {
@@ -254,6 +325,19 @@ impl ModelManifest {
             .ok_or_else(|| ManifestError::NoFileForBackend {
                 model: self.name.clone(),
                 backend: backend.to_string(),
+            })
+    }
+
+    /// Deserializes table `[name]` into its owner's settings type; an absent table reads
+    /// as an empty one, so settings with defaults need no table at all.
+    pub fn table<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, ManifestError> {
+        let table = self.tables.get(name).cloned().unwrap_or_default();
+        table
+            .try_into()
+            .map_err(|e: toml::de::Error| ManifestError::Table {
+                model: self.name.clone(),
+                table: name.into(),
+                message: e.to_string().replace('\n', " ").trim().to_string(),
             })
     }
 }
@@ -330,12 +414,13 @@ mod tests {
             shape = [3]
             [files]
             candle = "model.safetensors"
-            [architecture]
-            kind = "mlp"
+            [candle]
+            architecture = "mlp"
             layers = ["fc1", "fc2"]
-            activations = ["relu", "sigmoid"]
+            [batching]
+            max_batch_size = 8
         "#;
-        let mut manifest: ModelManifest = toml::from_str(text).unwrap();
+        let mut manifest = ModelManifest::parse(text).unwrap();
         manifest.dir = PathBuf::from("/models/example");
         assert_eq!(
             manifest.file_for("candle").unwrap(),
@@ -346,5 +431,29 @@ mod tests {
             Err(ManifestError::NoFileForBackend { .. })
         ));
         assert_eq!(manifest.spec().inputs[0].shape, vec![1]);
+        assert_eq!(manifest.batching.max_batch_size, Some(8));
+        assert_eq!(
+            manifest.tables["candle"]["architecture"].as_str(),
+            Some("mlp")
+        );
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Ort {
+            graph_optimization: Option<String>,
+        }
+        let ort: Ort = manifest.table("ort").unwrap();
+        assert!(ort.graph_optimization.is_none());
+        let err = manifest.table::<Ort>("candle").unwrap_err().to_string();
+        assert!(
+            err.contains("[candle]") && err.contains("architecture"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_top_level_key_that_is_not_a_table_is_refused() {
+        let err = ModelManifest::parse("name = \"m\"\nwarmup = true\n").unwrap_err();
+        assert!(err.contains("unknown key 'warmup'"), "{err}");
     }
 }

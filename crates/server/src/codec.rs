@@ -5,7 +5,7 @@ use crate::error::ApiError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
-use inference_core::{DType, ModelSpec, Sample, Tensor, TensorData, TensorSpec};
+use inference_core::{DType, ModelSpec, Sample, Tensor, TensorSpec, bf16, f16, with_element_type};
 use serde::de::DeserializeOwned;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Number, Value};
@@ -147,8 +147,7 @@ pub fn decode_tensor(value: &Value, spec: &TensorSpec) -> Result<Tensor, String>
     let shape = walk(value, 0, &mut leaves, spec)?;
     let count = leaves.len();
     let target_shape = fit_shape(&shape, count, spec)?;
-    let data = convert(&leaves, spec.dtype)?;
-    Tensor::new(target_shape, data).map_err(|e| e.to_string())
+    convert(&leaves, target_shape, spec.dtype)
 }
 
 /// Collects the numbers of a rectangular nested list in row-major order and returns its
@@ -220,7 +219,7 @@ fn fit_shape(shape: &[usize], count: usize, spec: &TensorSpec) -> Result<Vec<usi
     Ok(shape.to_vec())
 }
 
-fn convert(leaves: &[&Number], dtype: DType) -> Result<TensorData, String> {
+fn convert(leaves: &[&Number], shape: Vec<usize>, dtype: DType) -> Result<Tensor, String> {
     fn integers<T: TryFrom<i64>>(leaves: &[&Number], dtype: DType) -> Result<Vec<T>, String> {
         leaves
             .iter()
@@ -231,45 +230,65 @@ fn convert(leaves: &[&Number], dtype: DType) -> Result<TensorData, String> {
             })
             .collect()
     }
-    let floats = || -> Result<Vec<f64>, String> {
+    /// Finite values that stay finite in the target type.
+    fn floats<T>(
+        leaves: &[&Number],
+        narrow: impl Fn(f64) -> T,
+        is_finite: impl Fn(&T) -> bool,
+    ) -> Result<Vec<T>, String> {
         leaves
             .iter()
             .map(|n| {
-                n.as_f64()
+                let v = n
+                    .as_f64()
                     .filter(|v| v.is_finite())
-                    .ok_or_else(|| format!("{n} is not a finite number"))
+                    .ok_or_else(|| format!("{n} is not a finite number"))?;
+                let narrowed = narrow(v);
+                if is_finite(&narrowed) {
+                    Ok(narrowed)
+                } else {
+                    Err(format!(
+                        "{v} does not fit a {} float",
+                        narrowed_name(&narrowed)
+                    ))
+                }
             })
             .collect()
-    };
-    Ok(match dtype {
-        DType::F32 => TensorData::F32(
-            floats()?
-                .into_iter()
-                .map(|v| {
-                    let narrowed = v as f32;
-                    if narrowed.is_finite() {
-                        Ok(narrowed)
-                    } else {
-                        Err(format!("{v} does not fit a 32-bit float"))
-                    }
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-        DType::F64 => TensorData::F64(floats()?),
-        DType::I32 => TensorData::I32(integers(leaves, dtype)?),
-        DType::I64 => TensorData::I64(integers(leaves, dtype)?),
-        DType::U8 => TensorData::U8(integers(leaves, dtype)?),
-        DType::Bool => TensorData::Bool(
-            integers::<i64>(leaves, dtype)?
+    }
+    fn narrowed_name<T>(_: &T) -> &'static str {
+        match std::mem::size_of::<T>() {
+            2 => "16-bit",
+            4 => "32-bit",
+            _ => "64-bit",
+        }
+    }
+    let tensor = match dtype {
+        #[allow(clippy::cast_possible_truncation)]
+        DType::F32 => Tensor::from_vec(shape, floats(leaves, |v| v as f32, |v| v.is_finite())?),
+        DType::F64 => Tensor::from_vec(shape, floats(leaves, |v| v, |v| v.is_finite())?),
+        DType::F16 => Tensor::from_vec(shape, floats(leaves, f16::from_f64, |v| v.is_finite())?),
+        DType::BF16 => Tensor::from_vec(shape, floats(leaves, bf16::from_f64, |v| v.is_finite())?),
+        DType::I8 => Tensor::from_vec(shape, integers::<i8>(leaves, dtype)?),
+        DType::I16 => Tensor::from_vec(shape, integers::<i16>(leaves, dtype)?),
+        DType::I32 => Tensor::from_vec(shape, integers::<i32>(leaves, dtype)?),
+        DType::I64 => Tensor::from_vec(shape, integers::<i64>(leaves, dtype)?),
+        DType::U8 => Tensor::from_vec(shape, integers::<u8>(leaves, dtype)?),
+        DType::Bool => {
+            let values = integers::<i64>(leaves, dtype)?
                 .into_iter()
                 .map(|v| match v {
                     0 => Ok(false),
                     1 => Ok(true),
                     other => Err(format!("{other} is not a boolean (0 or 1)")),
                 })
-                .collect::<Result<_, _>>()?,
-        ),
-    })
+                .collect::<Result<Vec<_>, _>>()?;
+            Tensor::from_bools(shape, &values)
+        }
+        DType::Bytes => {
+            return Err("BYTES inputs take strings, not numbers".into());
+        }
+    };
+    tensor.map_err(|e| e.to_string())
 }
 
 /// One row's outputs, serialized as the original framework's clients expect: the nested
@@ -294,7 +313,7 @@ impl Prediction {
     pub fn values(&self) -> Vec<f64> {
         self.outputs
             .iter()
-            .flat_map(|(_, t)| t.data().to_f64_vec())
+            .flat_map(|(_, t)| t.to_f64_vec().unwrap_or_default())
             .collect()
     }
 }
@@ -320,31 +339,32 @@ struct NestedList<'a>(&'a Tensor);
 impl Serialize for NestedList<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let tensor = self.0;
-        serialize_level(serializer, tensor.data(), tensor.shape(), 0)
+        serialize_level(serializer, tensor, tensor.shape(), 0)
     }
 }
 
 fn serialize_level<S: Serializer>(
     serializer: S,
-    data: &TensorData,
+    tensor: &Tensor,
     shape: &[usize],
     offset: usize,
 ) -> Result<S::Ok, S::Error> {
     let Some((&len, rest)) = shape.split_first() else {
-        return match data {
-            TensorData::F32(v) => v[offset].serialize(serializer),
-            TensorData::F64(v) => v[offset].serialize(serializer),
-            TensorData::I32(v) => v[offset].serialize(serializer),
-            TensorData::I64(v) => v[offset].serialize(serializer),
-            TensorData::U8(v) => v[offset].serialize(serializer),
-            TensorData::Bool(v) => v[offset].serialize(serializer),
-        };
+        if let Some(mut bools) = tensor.bools() {
+            return bools.nth(offset).unwrap_or_default().serialize(serializer);
+        }
+        return with_element_type!(tensor.dtype(), T => {
+            tensor.as_slice::<T>().map(|v| v[offset]).serialize(serializer)
+        }, bytes => {
+            let item = tensor.strings().and_then(|items| items.get(offset));
+            item.map(|b| String::from_utf8_lossy(b)).serialize(serializer)
+        });
     };
     let stride: usize = rest.iter().product();
     let mut seq = serializer.serialize_seq(Some(len))?;
     for i in 0..len {
         seq.serialize_element(&Level {
-            data,
+            tensor,
             shape: rest,
             offset: offset + i * stride,
         })?;
@@ -353,14 +373,14 @@ fn serialize_level<S: Serializer>(
 }
 
 struct Level<'a> {
-    data: &'a TensorData,
+    tensor: &'a Tensor,
     shape: &'a [usize],
     offset: usize,
 }
 
 impl Serialize for Level<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serialize_level(serializer, self.data, self.shape, self.offset)
+        serialize_level(serializer, self.tensor, self.shape, self.offset)
     }
 }
 
@@ -449,8 +469,8 @@ mod tests {
             shape: vec![2],
         };
         assert_eq!(
-            decode_tensor(&json!([1, 2]), &s).unwrap().data(),
-            &TensorData::I64(vec![1, 2])
+            decode_tensor(&json!([1, 2]), &s).unwrap().as_slice::<i64>(),
+            Some(&[1i64, 2][..])
         );
         assert!(decode_tensor(&json!([1.5, 2]), &s).is_err());
     }

@@ -81,8 +81,6 @@ pub struct ModelConfig {
     pub instances: usize,
     /// Threads one forward pass may use (unset: the library's default).
     pub intra_op_threads: Option<usize>,
-    /// ONNX Runtime graph optimization: `disable`, `basic`, `extended` or `all`.
-    pub graph_optimization: String,
     /// Path of `libonnxruntime.so` (else `ORT_DYLIB_PATH`, else what `cargo xtask setup` installed).
     pub ort_library: Option<PathBuf>,
     /// Run a zero batch through the model before accepting requests.
@@ -135,7 +133,6 @@ impl Default for ModelConfig {
             device: engine.device,
             instances: engine.instances,
             intra_op_threads: engine.intra_op_threads,
-            graph_optimization: engine.graph_optimization,
             ort_library: None,
             warmup: true,
         }
@@ -227,15 +224,6 @@ impl Config {
                 "allowed: cpu, cuda, cuda:N, auto",
             ));
         }
-        if !["disable", "basic", "extended", "all"]
-            .contains(&self.model.graph_optimization.as_str())
-        {
-            return Err(ConfigError::invalid(
-                "model.graph_optimization",
-                quoted(&self.model.graph_optimization),
-                "allowed: disable, basic, extended, all",
-            ));
-        }
         if !["text", "json"].contains(&self.log.format.as_str()) {
             return Err(ConfigError::invalid(
                 "log.format",
@@ -310,7 +298,6 @@ impl Config {
             device: self.model.device.clone(),
             instances: self.model.instances,
             intra_op_threads: self.model.intra_op_threads,
-            graph_optimization: self.model.graph_optimization.clone(),
             runtime_library: self.model.ort_library.clone(),
         }
     }
