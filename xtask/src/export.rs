@@ -1,4 +1,5 @@
-//! `cargo xtask export-models`: regenerates the example model files with the setup venv.
+//! `cargo xtask export-models`: regenerates the example model files with the setup venv;
+//! with `--resnet18`, generates the ResNet-18 model directory instead.
 
 use crate::process::{Steps, run_streamed, workspace_root};
 use crate::setup::{self, Pin};
@@ -8,32 +9,62 @@ use std::process::Command;
 
 /// The exporter, relative to the workspace root; it writes next to itself by default.
 const EXPORT_SCRIPT: &str = "models/example/export.py";
+/// The ResNet-18 exporter; it writes to `models/resnet18/` by default (not committed).
+const RESNET18_SCRIPT: &str = "scripts/export_resnet18.py";
 
 /// Imports that only exporting needs, so `setup` leaves them out of the serving runtimes.
 const EXPORT_IMPORTS: &str = "import numpy, onnx, safetensors";
+/// Imports that only the ResNet-18 exporter needs on top of [`EXPORT_IMPORTS`].
+const RESNET18_IMPORTS: &str = "import PIL, torchvision";
 
 fn export_pins() -> Vec<Pin> {
     vec![Pin::new("onnx", "1.23.2"), Pin::new("safetensors", "0.8.0")]
 }
 
+/// torchvision 0.28 is the release built against torch 2.13.0; both are installed without
+/// dependencies so that nothing can replace the torch that `setup` pinned.
+fn resnet18_pins() -> Vec<Pin> {
+    vec![
+        Pin::new("torchvision", "0.28.0"),
+        Pin::new("pillow", "13.0.0"),
+    ]
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct ExportArgs {
-    /// Where to write the files instead of next to the script (e.g. to compare a rerun).
+    /// Where to write the files instead of the default folder (e.g. to compare a rerun).
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    /// Exports torchvision's ResNet-18 (seeded random weights) to `models/resnet18/`
+    /// instead of the example model.
+    #[arg(long)]
+    resnet18: bool,
 }
 
 pub(crate) fn run(args: &ExportArgs) -> Result<()> {
-    let script = workspace_root().join(EXPORT_SCRIPT);
+    let script_path = if args.resnet18 {
+        RESNET18_SCRIPT
+    } else {
+        EXPORT_SCRIPT
+    };
+    let script = workspace_root().join(script_path);
     ensure!(script.is_file(), "{} does not exist", script.display());
     let runtimes = setup::ensure_installed()?;
-    let mut steps = Steps::new(2);
+    let mut steps = Steps::new(if args.resnet18 { 3 } else { 2 });
     steps.run("install the export packages if missing", |bar| {
-        if imports_work(&runtimes.python) {
+        if imports_work(&runtimes.python, EXPORT_IMPORTS) {
             return Ok(());
         }
         setup::pip_install(&runtimes.python, &export_pins(), bar)
     })?;
+    if args.resnet18 {
+        steps.run("install torchvision and pillow if missing", |bar| {
+            if imports_work(&runtimes.python, RESNET18_IMPORTS) {
+                return Ok(());
+            }
+            pip_install_no_deps(&runtimes.python, &resnet18_pins(), bar)
+        })?;
+    }
     steps.run("run the exporter", |bar| {
         let mut command = Command::new(&runtimes.python);
         command
@@ -44,9 +75,24 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     })
 }
 
-fn imports_work(python: &Path) -> bool {
+fn imports_work(python: &Path, imports: &str) -> bool {
     Command::new(python)
-        .args(["-c", EXPORT_IMPORTS])
+        .args(["-c", imports])
         .output()
         .is_ok_and(|output| output.status.success())
+}
+
+/// `pip install --no-deps PINS` into the venv itself, streaming pip's output.
+fn pip_install_no_deps(python: &Path, pins: &[Pin], bar: &indicatif::ProgressBar) -> Result<()> {
+    let mut command = Command::new(python);
+    command
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-deps",
+        ])
+        .args(pins.iter().map(Pin::to_string));
+    run_streamed(&mut command, bar)
 }
