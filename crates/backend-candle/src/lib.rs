@@ -34,6 +34,7 @@
 //! [candle]: https://github.com/huggingface/candle
 
 mod mlp;
+mod resnet;
 
 use candle_core::{Device, Tensor as CandleTensor};
 use inference_core::{
@@ -54,17 +55,20 @@ pub const BACKEND_NAME: &str = "candle";
 #[serde(tag = "architecture", rename_all = "lowercase")]
 enum CandleSettings {
     Mlp(mlp::MlpSettings),
+    Resnet(resnet::ResNetSettings),
 }
 
 /// A built network: one forward function from the input tensor to the output tensor.
 enum Network {
     Mlp(mlp::Mlp),
+    ResNet(resnet::ResNet),
 }
 
 impl Network {
     fn forward(&self, input: &CandleTensor) -> candle_core::Result<CandleTensor> {
         match self {
             Network::Mlp(model) => model.forward(input),
+            Network::ResNet(model) => model.forward(input),
         }
     }
 }
@@ -136,6 +140,9 @@ fn build(manifest: &ModelManifest, device: &Device) -> Result<Model, EngineError
     let network = match &settings {
         CandleSettings::Mlp(mlp) => {
             Network::Mlp(mlp::Mlp::load(mlp, manifest, &weights, device).map_err(load_error)?)
+        }
+        CandleSettings::Resnet(settings) => {
+            Network::ResNet(resnet::ResNet::load(settings, &weights, device).map_err(load_error)?)
         }
     };
     Ok(Model {
