@@ -139,7 +139,7 @@ async fn main() -> Result<()> {
     for &concurrency in &args.concurrency {
         for mode in modes {
             let mut config = Config::default();
-            config.model.dir = model_dir.clone();
+            config.models.dir = model_dir.clone();
             config.model.backend = args.backend.clone();
             config.model.instances = args.instances;
             config.batching.max_batch_size = mode.max_batch_size;

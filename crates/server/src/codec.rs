@@ -296,6 +296,10 @@ fn convert(leaves: &[&Number], shape: Vec<usize>, dtype: DType) -> Result<Tensor
 #[derive(Debug, Clone)]
 pub struct Prediction {
     outputs: Vec<(String, Tensor)>,
+    /// Labelled top classes, when the model classifies.
+    classes: Option<Vec<crate::image_input::Class>>,
+    /// Whether the raw outputs go next to the classes.
+    raw_outputs: bool,
 }
 
 impl Prediction {
@@ -306,7 +310,23 @@ impl Prediction {
             .map(|o| o.name.clone())
             .zip(sample.tensors)
             .collect();
-        Self { outputs }
+        Self {
+            outputs,
+            classes: None,
+            raw_outputs: true,
+        }
+    }
+
+    /// Adds the top classes of the first output (after softmax).
+    pub fn classify(mut self, classification: &crate::processing::Classification) -> Self {
+        let logits = self.outputs.first().and_then(|(_, t)| t.as_f32());
+        self.classes = logits.map(|l| classification.classify(l));
+        self.raw_outputs = classification.raw_outputs;
+        self
+    }
+
+    pub fn classes(&self) -> Option<&[crate::image_input::Class]> {
+        self.classes.as_deref()
     }
 
     /// The elements of every output, flattened, for tests and summaries.
@@ -320,6 +340,17 @@ impl Prediction {
 
 impl Serialize for Prediction {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if let Some(classes) = &self.classes {
+            if !self.raw_outputs {
+                return classes.serialize(serializer);
+            }
+            let mut map = serializer.serialize_map(Some(self.outputs.len() + 1))?;
+            for (name, tensor) in &self.outputs {
+                map.serialize_entry(name, &NestedList(tensor))?;
+            }
+            map.serialize_entry("classes", classes)?;
+            return map.end();
+        }
         match self.outputs.as_slice() {
             [(_, only)] => NestedList(only).serialize(serializer),
             many => {

@@ -5,8 +5,8 @@ use crate::backends;
 use clap::Parser;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use inference_core::EngineOptions;
 use inference_core::scheduler::SchedulerConfig;
+use inference_core::{EngineOptions, ModelBatching};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,9 +34,12 @@ pub struct Cli {
     /// Inference backend: one of the backends compiled into this binary.
     #[arg(long)]
     pub backend: Option<String>,
-    /// Directory holding the model's `model.toml`.
+    /// The model repository (a folder of model folders), or one model's folder.
     #[arg(long, value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
+    /// The name to serve a single model's folder under (default: its manifest's name).
+    #[arg(long, value_name = "NAME")]
+    pub model_name: Option<String>,
     /// Log line format: `text` or `json`.
     #[arg(long)]
     pub log_format: Option<String>,
@@ -47,6 +50,7 @@ pub struct Cli {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
+    pub models: ModelsConfig,
     pub model: ModelConfig,
     pub batching: BatchingConfig,
     pub log: LogConfig,
@@ -66,13 +70,44 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// How long in-flight requests may take to finish after a shutdown signal, in seconds.
     pub drain_timeout_secs: f64,
+    /// Largest picture accepted, in pixels (width × height), checked before decoding.
+    pub max_image_pixels: u64,
 }
 
+/// 40 megapixels: larger than any camera photo a classifier needs, far below a bomb.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 40_000_000;
+
+/// The model repository: which folder, which models, which one the seed endpoints use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// A folder whose every subfolder is a model (`model.toml`, or just a `model.onnx`), or
+    /// one model's folder itself (as KServe's storage initializer lays out `/mnt/models`).
+    pub dir: PathBuf,
+    /// Load only these models (by name); empty: every model in the repository.
+    pub load: Vec<String>,
+    /// The model the seed endpoints use when a body names none; unset: the only model, else
+    /// the first by folder name.
+    pub default: Option<String>,
+    /// The name of the model when `dir` is one model's folder (default: its manifest's name).
+    pub name: Option<String>,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("models"),
+            load: Vec::new(),
+            default: None,
+            name: None,
+        }
+    }
+}
+
+/// What a model gets when its `model.toml` does not say: backend, device, workers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Directory with the model's `model.toml` and weights.
-    pub dir: PathBuf,
     /// `candle`, `ort` or `tch`: must be compiled into this binary.
     pub backend: String,
     /// `cpu`, `cuda`, `cuda:N` or `auto`.
@@ -83,7 +118,7 @@ pub struct ModelConfig {
     pub intra_op_threads: Option<usize>,
     /// Path of `libonnxruntime.so` (else `ORT_DYLIB_PATH`, else what `cargo xtask setup` installed).
     pub ort_library: Option<PathBuf>,
-    /// Run a zero batch through the model before accepting requests.
+    /// Run zero batches through each model before it is ready.
     pub warmup: bool,
 }
 
@@ -120,6 +155,7 @@ impl Default for ServerConfig {
             max_batch_inputs: 1024,
             max_concurrent_requests: 1024,
             drain_timeout_secs: 30.0,
+            max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
         }
     }
 }
@@ -128,7 +164,6 @@ impl Default for ModelConfig {
     fn default() -> Self {
         let engine = EngineOptions::default();
         Self {
-            dir: PathBuf::from("models/example"),
             backend: "candle".into(),
             device: engine.device,
             instances: engine.instances,
@@ -281,7 +316,7 @@ impl Config {
     /// directory is tried under the repository root, so the example model is found from
     /// anywhere inside a checkout.
     pub fn model_dir(&self) -> PathBuf {
-        let dir = &self.model.dir;
+        let dir = &self.models.dir;
         if dir.is_relative() && !dir.exists() {
             let in_repo = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("../..")
@@ -302,12 +337,16 @@ impl Config {
         }
     }
 
-    pub fn scheduler_config(&self) -> SchedulerConfig {
+    /// The scheduler of a model: its own `[batching]` table over the server's defaults.
+    pub fn scheduler_config(&self, model: &ModelBatching) -> SchedulerConfig {
         let batching = &self.batching;
+        let delay_ms = model
+            .max_queue_delay_ms
+            .unwrap_or(batching.max_queue_delay_ms);
         SchedulerConfig {
-            max_batch_size: batching.max_batch_size,
-            max_queue_delay: Duration::from_secs_f64(batching.max_queue_delay_ms / 1000.0),
-            max_queue_size: batching.max_queue_size,
+            max_batch_size: model.max_batch_size.unwrap_or(batching.max_batch_size),
+            max_queue_delay: Duration::try_from_secs_f64(delay_ms / 1000.0).unwrap_or_default(),
+            max_queue_size: model.max_queue_size.unwrap_or(batching.max_queue_size),
             default_timeout: batching.default_timeout_secs.map(Duration::from_secs_f64),
             priority_aging: Duration::from_secs_f64(batching.priority_aging_secs),
             ..SchedulerConfig::default()
@@ -362,6 +401,8 @@ fn one_line_figment_error(err: figment::Error) -> String {
 struct CliOverrides {
     #[serde(skip_serializing_if = "ServerOverrides::is_empty")]
     server: ServerOverrides,
+    #[serde(skip_serializing_if = "ModelsOverrides::is_empty")]
+    models: ModelsOverrides,
     #[serde(skip_serializing_if = "ModelOverrides::is_empty")]
     model: ModelOverrides,
     #[serde(skip_serializing_if = "LogOverrides::is_empty")]
@@ -377,11 +418,17 @@ struct ServerOverrides {
 }
 
 #[derive(Debug, Default, Serialize)]
+struct ModelsOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
 struct ModelOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     backend: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -396,9 +443,15 @@ impl ServerOverrides {
     }
 }
 
+impl ModelsOverrides {
+    fn is_empty(&self) -> bool {
+        self.dir.is_none() && self.name.is_none()
+    }
+}
+
 impl ModelOverrides {
     fn is_empty(&self) -> bool {
-        self.backend.is_none() && self.dir.is_none()
+        self.backend.is_none()
     }
 }
 
@@ -415,9 +468,12 @@ impl From<&Cli> for CliOverrides {
                 host: cli.host.clone(),
                 port: cli.port,
             },
+            models: ModelsOverrides {
+                dir: cli.model_dir.clone(),
+                name: cli.model_name.clone(),
+            },
             model: ModelOverrides {
                 backend: cli.backend.clone(),
-                dir: cli.model_dir.clone(),
             },
             log: LogOverrides {
                 format: cli.log_format.clone(),
@@ -444,7 +500,7 @@ mod tests {
             assert_eq!(config.server.port, 8000);
             assert_eq!(config.server.host, "127.0.0.1");
             assert_eq!(config.model.backend, "candle");
-            assert_eq!(config.model.dir, PathBuf::from("models/example"));
+            assert_eq!(config.models.dir, PathBuf::from("models"));
             Ok(())
         });
     }

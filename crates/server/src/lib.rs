@@ -9,6 +9,9 @@ pub mod backends;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod image_input;
+pub mod processing;
+pub mod repository;
 pub mod responses;
 pub mod routes;
 pub mod state;
@@ -29,17 +32,31 @@ pub use state::{AppState, StartupError};
 /// The application router with every endpoint and middleware.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config().server.max_body_bytes;
+    routes::MAX_IMAGE_PIXELS.store(
+        state.config().server.max_image_pixels,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     // Only inference is admission-controlled: probes and stats must answer under load.
     let inference = Router::new()
         .route("/predict", post(routes::predict))
         .route("/predict/batch", post(routes::predict_batch))
         .route("/examples/simple", post(routes::example_simple))
         .route("/examples/batch", post(routes::example_batch))
+        .route("/models/{name}/predict", post(routes::model_predict))
+        .route(
+            "/models/{name}/predict/batch",
+            post(routes::model_predict_batch),
+        )
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admit));
     Router::new()
         .route("/", get(routes::root))
         .route("/health", get(routes::health))
         .route("/models", get(routes::models))
+        .route(
+            "/models/{name}",
+            get(routes::model).delete(routes::unload_model),
+        )
+        .route("/models/{name}/load", post(routes::load_model))
         .route("/stats", get(routes::stats))
         .route("/config", get(routes::config))
         .merge(inference)
@@ -116,20 +133,19 @@ pub async fn serve_until(
     result
 }
 
-/// Loads the configured model and serves it until SIGINT or SIGTERM.
+/// Listens at once, loads the repository's models in the background, and serves until
+/// SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = format!("{}:{}", config.server.host, config.server.port);
-    let state = AppState::from_config(config).await?;
+    let state = AppState::start(config)?;
     let listener = TcpListener::bind(&addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local: SocketAddr = listener.local_addr()?;
-    let info = state.default_model().info();
     tracing::info!(
         address = %local,
-        model = info.model.name,
-        backend = info.backend,
-        device = info.device,
+        models = ?state.model_names(),
+        default_model = state.default_model_name(),
         "listening on http://{local}"
     );
     serve_until(listener, state, shutdown_signal()).await?;

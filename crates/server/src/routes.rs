@@ -2,16 +2,19 @@
 
 use crate::codec::{JsonBody, Prediction, decode_sample};
 use crate::error::ApiError;
+use crate::image_input;
+use crate::processing::Preprocess;
 use crate::responses::{
     BatchInfo, BatchPredictResponse, ExampleBatchInner, ExampleBatchResponse, ExampleSimpleInner,
     ExampleSimpleResponse, Metadata, ModelInfo, PredictResponse, ProcessingTime,
 };
-use crate::state::{AppState, ModelHandle};
+use crate::state::{AppState, ModelHandle, ModelState};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{FromRequest, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use inference_core::scheduler::{InferenceRequest, SchedulerStats};
+use inference_core::{Sample, Tensor};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -122,12 +125,90 @@ async fn infer(
     timeout: Option<Duration>,
 ) -> Result<Outcome, ApiError> {
     let started = Instant::now();
+    let decoded = decode_all(model, samples).await?;
+    infer_decoded(model, decoded, priority, timeout, started).await
+}
+
+/// Decodes every sample for `model`; pictures are decoded on a blocking thread, never on
+/// the async runtime.
+async fn decode_all(
+    model: &ModelHandle,
+    samples: &[Value],
+) -> Result<Vec<Result<Sample, String>>, ApiError> {
+    let spec = model.info().model.clone();
+    match &model.processing.preprocess {
+        None => Ok(samples.iter().map(|v| decode_sample(v, &spec)).collect()),
+        Some(preprocess) => {
+            let preprocess = preprocess.clone();
+            let samples = samples.to_vec();
+            let max_pixels = model_max_pixels(model);
+            tokio::task::spawn_blocking(move || {
+                samples
+                    .iter()
+                    .map(|value| decode_with_image(value, &spec, &preprocess, max_pixels))
+                    .collect()
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("image decoding failed: {e}")))
+        }
+    }
+}
+
+fn model_max_pixels(model: &ModelHandle) -> u64 {
+    let _ = model;
+    MAX_IMAGE_PIXELS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `server.max_image_pixels`, set once when the application is built.
+pub static MAX_IMAGE_PIXELS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(crate::config::DEFAULT_MAX_IMAGE_PIXELS);
+
+/// A string sample is a base64 picture; anything else decodes as numbers.
+fn decode_with_image(
+    value: &Value,
+    spec: &inference_core::ModelSpec,
+    preprocess: &Preprocess,
+    max_pixels: u64,
+) -> Result<Sample, String> {
+    match value {
+        Value::String(text) => {
+            let bytes = image_input::decode_base64(text).map_err(|e| e.to_string())?;
+            image_sample(&bytes, preprocess, max_pixels)
+        }
+        other => decode_sample(other, spec),
+    }
+}
+
+/// One picture's bytes through the model's image preprocessing.
+pub fn image_sample(
+    bytes: &[u8],
+    preprocess: &Preprocess,
+    max_pixels: u64,
+) -> Result<Sample, String> {
+    let Preprocess::Image(image) = preprocess;
+    let values = image_input::preprocess(bytes, image, max_pixels).map_err(|e| e.to_string())?;
+    let tensor =
+        Tensor::from_f32(image.sample_shape().to_vec(), values).map_err(|e| e.to_string())?;
+    Ok(Sample::new(vec![tensor]))
+}
+
+/// Runs the valid samples as one request through the model's scheduler and places each
+/// output back at its input's index. Fails as a whole only when no sample is valid or the
+/// engine fails.
+async fn infer_decoded(
+    model: &ModelHandle,
+    decoded: Vec<Result<Sample, String>>,
+    priority: i32,
+    timeout: Option<Duration>,
+    started: Instant,
+) -> Result<Outcome, ApiError> {
     let spec = &model.info().model;
-    let mut valid = Vec::with_capacity(samples.len());
-    let mut valid_indices = Vec::with_capacity(samples.len());
+    let count = decoded.len();
+    let mut valid = Vec::with_capacity(count);
+    let mut valid_indices = Vec::with_capacity(count);
     let mut failures = Vec::new();
-    for (index, value) in samples.iter().enumerate() {
-        match decode_sample(value, spec) {
+    for (index, sample) in decoded.into_iter().enumerate() {
+        match sample {
             Ok(sample) => {
                 valid.push(sample);
                 valid_indices.push(index);
@@ -155,14 +236,18 @@ async fn infer(
         .await?;
 
     let post_started = Instant::now();
-    let mut predictions: Vec<Option<Prediction>> = vec![None; samples.len()];
-    let mut row_times_ms = vec![None; samples.len()];
+    let mut predictions: Vec<Option<Prediction>> = vec![None; count];
+    let mut row_times_ms = vec![None; count];
     for ((index, output), latency) in valid_indices
         .iter()
         .zip(response.outputs)
         .zip(&response.row_latencies)
     {
-        predictions[*index] = Some(Prediction::new(spec, output));
+        let mut prediction = Prediction::new(spec, output);
+        if let Some(classification) = &model.processing.classification {
+            prediction = prediction.classify(classification);
+        }
+        predictions[*index] = Some(prediction);
         row_times_ms[*index] = Some(millis(*latency));
     }
     let postprocessing = post_started.elapsed();
@@ -187,7 +272,19 @@ async fn infer_one(
     priority: i32,
     timeout: Option<Duration>,
 ) -> Result<(Outcome, Prediction), ApiError> {
-    let outcome = infer(model, std::slice::from_ref(sample), priority, timeout)
+    let started = Instant::now();
+    let decoded = decode_all(model, std::slice::from_ref(sample)).await?;
+    infer_one_decoded(model, decoded, priority, timeout, started).await
+}
+
+async fn infer_one_decoded(
+    model: &ModelHandle,
+    decoded: Vec<Result<Sample, String>>,
+    priority: i32,
+    timeout: Option<Duration>,
+    started: Instant,
+) -> Result<(Outcome, Prediction), ApiError> {
+    let outcome = infer_decoded(model, decoded, priority, timeout, started)
         .await
         .map_err(|err| match err {
             ApiError::UnprocessableList(mut reasons) if reasons.len() == 1 => {
@@ -280,7 +377,16 @@ pub async fn predict(
 ) -> Result<Response, ApiError> {
     let model = state.model(body.model.as_deref())?;
     let timeout = timeout_of(body.timeout)?;
-    let (outcome, prediction) = infer_one(model, &body.inputs, body.priority, timeout).await?;
+    let (outcome, prediction) = infer_one(&model, &body.inputs, body.priority, timeout).await?;
+    Ok(predict_response(&model, &headers, outcome, prediction))
+}
+
+fn predict_response(
+    model: &ModelHandle,
+    headers: &HeaderMap,
+    outcome: Outcome,
+    prediction: Prediction,
+) -> Response {
     let body = PredictResponse {
         success: true,
         result: prediction.clone(),
@@ -289,11 +395,63 @@ pub async fn predict(
         inference_time_ms: outcome.total_ms,
         processing_time: outcome.processing,
         timestamp: timestamp(),
-        request_id: request_id(&headers),
+        request_id: request_id(headers),
         model_info: model_info(model),
         metadata: metadata(model, None),
     };
-    Ok(outcome.with_headers(Json(body)))
+    outcome.with_headers(Json(body))
+}
+
+/// `POST /models/{name}/predict`: one sample for the named model, as a JSON body like
+/// `/predict`'s or, for an image model, the raw bytes of a PNG or JPEG picture.
+pub async fn model_predict(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let model = state.model(Some(&name))?;
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("image/") {
+        let Some(preprocess) = model.processing.preprocess.clone() else {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "model {name:?} takes no pictures (it has no [preprocess] table): send JSON"
+            )));
+        };
+        if !["image/png", "image/jpeg"]
+            .contains(&content_type.split(';').next().unwrap_or("").trim())
+        {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "unsupported picture type {content_type:?}: send image/png or image/jpeg"
+            )));
+        }
+        let started = Instant::now();
+        let bytes = axum::body::Bytes::from_request(request, &state)
+            .await
+            .map_err(|rejection| ApiError::TooLarge(rejection.body_text()))?;
+        let max_pixels = model_max_pixels(&model);
+        let sample =
+            tokio::task::spawn_blocking(move || image_sample(&bytes, &preprocess, max_pixels))
+                .await
+                .map_err(|e| ApiError::Internal(format!("image decoding failed: {e}")))?;
+        let (outcome, prediction) =
+            infer_one_decoded(&model, vec![sample], 0, None, started).await?;
+        return Ok(predict_response(&model, &headers, outcome, prediction));
+    }
+    let JsonBody(body) = JsonBody::<PredictRequest>::from_request(request, &state).await?;
+    if body.model.as_deref().is_some_and(|m| m != name) {
+        return Err(ApiError::Unprocessable(format!(
+            "the body names model {:?} but the path names {name:?}",
+            body.model.unwrap_or_default()
+        )));
+    }
+    let timeout = timeout_of(body.timeout)?;
+    let (outcome, prediction) = infer_one(&model, &body.inputs, body.priority, timeout).await?;
+    Ok(predict_response(&model, &headers, outcome, prediction))
 }
 
 /// `POST /predict/batch`: many samples; a bad one fails only itself.
@@ -303,6 +461,32 @@ pub async fn predict_batch(
     JsonBody(body): JsonBody<PredictRequest>,
 ) -> Result<Response, ApiError> {
     let model = state.model(body.model.as_deref())?;
+    batch_response(&state, &model, &headers, body).await
+}
+
+/// `POST /models/{name}/predict/batch`: `/predict/batch` for the named model.
+pub async fn model_predict_batch(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<PredictRequest>,
+) -> Result<Response, ApiError> {
+    if body.model.as_deref().is_some_and(|m| m != name) {
+        return Err(ApiError::Unprocessable(format!(
+            "the body names model {:?} but the path names {name:?}",
+            body.model.unwrap_or_default()
+        )));
+    }
+    let model = state.model(Some(&name))?;
+    batch_response(&state, &model, &headers, body).await
+}
+
+async fn batch_response(
+    state: &AppState,
+    model: &ModelHandle,
+    headers: &HeaderMap,
+    body: PredictRequest,
+) -> Result<Response, ApiError> {
     let timeout = timeout_of(body.timeout)?;
     let Value::Array(samples) = &body.inputs else {
         return Err(ApiError::Unprocessable(
@@ -335,7 +519,7 @@ pub async fn predict_batch(
         inference_time_ms: outcome.total_ms,
         processing_time: outcome.processing,
         timestamp: timestamp(),
-        request_id: request_id(&headers),
+        request_id: request_id(headers),
         batch_info,
         model_info: model_info(model),
         metadata: meta,
@@ -347,7 +531,11 @@ pub async fn predict_batch(
 /// `POST /examples/batch`: the fixed inputs 1..5 through the default model as one batch.
 /// The body is ignored.
 pub async fn example_batch(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let model = state.default_model();
+    let model = match state.default_model() {
+        Ok(model) => model,
+        Err(err) => return err.into_response(),
+    };
+    let model = &*model;
     let samples: Vec<Value> = EXAMPLE_BATCH_INPUTS.iter().map(|&x| json!(x)).collect();
     let outcome = match infer(model, &samples, 0, None).await {
         Ok(outcome) => outcome,
@@ -393,7 +581,8 @@ pub async fn example_simple(
     headers: HeaderMap,
     JsonBody(body): JsonBody<SimpleExampleRequest>,
 ) -> Result<Response, ApiError> {
-    let model = state.default_model();
+    let model = state.default_model()?;
+    let model = &*model;
     let (outcome, prediction) = infer_one(model, &body.input, 0, None).await?;
     let mut meta = metadata(model, None);
     meta.processing_time = Some(outcome.processing);
@@ -441,9 +630,42 @@ fn engine_stats(stats: &SchedulerStats) -> Value {
     })
 }
 
-/// `GET /health`: probes the default model with one zero sample; 503 when unhealthy.
+/// Each model's state, with its error when it failed.
+fn model_states(state: &AppState) -> Value {
+    let states: serde_json::Map<String, Value> = state
+        .entries()
+        .into_iter()
+        .map(|entry| {
+            let mut value = json!({ "state": entry.state });
+            if let Some(error) = entry.error {
+                value["error"] = json!(error);
+            }
+            (entry.name, value)
+        })
+        .collect();
+    Value::Object(states)
+}
+
+/// `GET /health`: every model's state, and a probe of the default model; 503 until the
+/// default model is ready, or when it is unhealthy.
 pub async fn health(State(state): State<AppState>) -> Response {
-    let model = state.default_model();
+    let models = model_states(&state);
+    let model = match state.default_model() {
+        Ok(model) => model,
+        Err(err) => {
+            let body = json!({
+                "healthy": false,
+                "checks": {
+                    "model_loaded": false,
+                    "model": state.default_model_name(),
+                    "detail": err.to_string(),
+                },
+                "models": models,
+                "timestamp": timestamp(),
+            });
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        }
+    };
     let info = model.info();
     let stats = model.scheduler.stats();
     let probe = model.scheduler.engine().health().await;
@@ -468,6 +690,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
     let body = json!({
         "healthy": healthy,
         "checks": checks,
+        "models": models,
         "timestamp": timestamp(),
         "engine_stats": engine_stats(&stats),
     });
@@ -480,8 +703,8 @@ pub async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /stats`: the engine statistics plus latency percentiles and batching detail.
-pub async fn stats(State(state): State<AppState>) -> Json<Value> {
-    let model = state.default_model();
+pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let model = state.default_model()?;
     let stats = model.scheduler.stats();
     let mut body = engine_stats(&stats);
     let extra = json!({
@@ -510,37 +733,99 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
     if let (Value::Object(base), Value::Object(more)) = (&mut body, extra) {
         base.extend(more);
     }
-    Json(body)
+    Ok(Json(body))
 }
 
-/// `GET /models`: every loaded model with its backend, device, shapes and version.
+/// One model of the repository as `/models` lists it.
+fn model_document(state: &AppState, entry: &crate::state::ModelEntry) -> Value {
+    let mut doc = json!({
+        "name": entry.name,
+        "state": entry.state,
+        "loaded": entry.handle.is_some(),
+        "default": entry.name == state.default_model_name(),
+        "dir": entry.dir.as_ref().map(|d| d.display().to_string()),
+        "error": entry.error,
+        "load_time_ms": entry.load_time.map(millis),
+    });
+    if let Some(handle) = &entry.handle {
+        let info = handle.info();
+        let meta = metadata(handle, None);
+        let batching = handle.scheduler.config();
+        let extra = json!({
+            "version": handle.version,
+            "description": handle.description,
+            "backend": info.backend,
+            "device": info.device,
+            "instances": info.instances,
+            "input_shape": meta.input_shape,
+            "output_shape": meta.output_shape,
+            "inputs": info.model.inputs,
+            "outputs": info.model.outputs,
+            "batching": {
+                "max_batch_size": batching.max_batch_size,
+                "max_queue_delay_ms": batching.max_queue_delay.as_secs_f64() * 1000.0,
+                "max_queue_size": batching.max_queue_size,
+            },
+            "accepts_images": handle.processing.preprocess.is_some(),
+            "classifies": handle.processing.classification.is_some(),
+        });
+        if let (Value::Object(base), Value::Object(more)) = (&mut doc, extra) {
+            base.extend(more);
+        }
+    }
+    doc
+}
+
+/// `GET /models`: every model of the repository, served or not, with its state.
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
-    let default = state.default_model().info().model.name.clone();
     let models: Vec<Value> = state
-        .models()
-        .map(|handle| {
-            let info = handle.info();
-            let meta = metadata(handle, None);
-            json!({
-                "name": info.model.name,
-                "version": info.model.version,
-                "backend": info.backend,
-                "device": info.device,
-                "instances": info.instances,
-                "input_shape": meta.input_shape,
-                "output_shape": meta.output_shape,
-                "inputs": info.model.inputs,
-                "outputs": info.model.outputs,
-                "loaded": true,
-                "default": info.model.name == default,
-            })
-        })
+        .entries()
+        .iter()
+        .map(|entry| model_document(&state, entry))
         .collect();
     Json(json!({
         "models": models,
-        "default_model": default,
+        "default_model": state.default_model_name(),
         "count": models.len(),
     }))
+}
+
+/// `GET /models/{name}`: one model's document.
+pub async fn model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    crate::repository::check_name(&name).map_err(ApiError::Unprocessable)?;
+    let entry = state
+        .entries()
+        .into_iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| ApiError::NotFound(format!("no model named {name:?}")))?;
+    Ok(Json(model_document(&state, &entry)))
+}
+
+/// `POST /models/{name}/load`: loads the model from the repository, or reloads it from disk
+/// (the old version serves until the new one is ready).
+pub async fn load_model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.load(&name).await?;
+    let entry = state
+        .entries()
+        .into_iter()
+        .find(|e| e.name == name && e.state == ModelState::Ready)
+        .ok_or_else(|| ApiError::Unavailable(format!("model {name:?} was unloaded meanwhile")))?;
+    Ok(Json(model_document(&state, &entry)))
+}
+
+/// `DELETE /models/{name}`: stops serving the model once what it accepted is answered.
+pub async fn unload_model(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.unload(&name).await?;
+    Ok(Json(json!({ "name": name, "unloaded": true })))
 }
 
 /// `GET /config`: the effective configuration, secrets redacted.
@@ -571,21 +856,28 @@ fn redact(value: &mut Value) {
 
 /// `GET /`: what this server is and where its endpoints are.
 pub async fn root(State(state): State<AppState>) -> Json<Value> {
-    let model = state.default_model();
+    let model = state.default_model().ok();
+    let info = model.as_ref().map(|m| m.info());
     Json(json!({
         "name": "inference-server",
         "description": "PyTorch Inference Framework API, served in Rust",
         "version": FRAMEWORK_VERSION,
         "status": "running",
         "timestamp": timestamp(),
-        "default_model": model.info().model.name,
-        "backend": model.info().backend,
-        "device": model.info().device,
+        "default_model": state.default_model_name(),
+        "backend": info.map(|i| i.backend.clone()),
+        "device": info.map(|i| i.device.clone()),
+        "models": state.model_names(),
         "uptime_seconds": state.started().elapsed().as_secs_f64(),
         "endpoints": {
             "root": "GET /",
             "health": "GET /health",
             "models": "GET /models",
+            "model": "GET /models/{name}",
+            "model_predict": "POST /models/{name}/predict",
+            "model_predict_batch": "POST /models/{name}/predict/batch",
+            "model_load": "POST /models/{name}/load",
+            "model_unload": "DELETE /models/{name}",
             "stats": "GET /stats",
             "config": "GET /config",
             "predict": "POST /predict",

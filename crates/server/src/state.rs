@@ -1,26 +1,58 @@
-//! Shared application state: the effective configuration and the served models, each behind
-//! its own batching scheduler.
+//! Shared application state: the effective configuration and the model repository, each
+//! model behind its own batching scheduler and in one of the states `loading`, `ready`,
+//! `failed` or `unloading`.
 
 use crate::backends;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::processing::Processing;
+use crate::repository::{self, Discovered};
 use inference_core::scheduler::Scheduler;
-use inference_core::{EngineError, EngineInfo, InferenceEngine, ModelManifest};
+use inference_core::{Batch, EngineError, EngineInfo, InferenceEngine, ModelManifest, Sample};
+use serde::Serialize;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A served model: its engine behind a scheduler.
-#[derive(Debug, Clone)]
+/// A served model: its engine behind a scheduler, and what it does around the forward pass.
+#[derive(Debug)]
 pub struct ModelHandle {
     pub scheduler: Scheduler,
+    pub processing: Processing,
+    pub version: String,
+    pub description: String,
 }
 
 impl ModelHandle {
     pub fn info(&self) -> &EngineInfo {
         self.scheduler.engine().info()
     }
+}
+
+/// Where a model is in its life.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelState {
+    Loading,
+    Ready,
+    Failed,
+    Unloading,
+}
+
+/// One model of the repository, served or not.
+#[derive(Debug, Clone)]
+pub struct ModelEntry {
+    pub name: String,
+    /// The folder it was read from (`None` for engines handed in directly).
+    pub dir: Option<PathBuf>,
+    pub state: ModelState,
+    /// Why it failed (or why its last reload failed while the old version kept serving).
+    pub error: Option<String>,
+    pub handle: Option<Arc<ModelHandle>>,
+    /// How long loading and warmup took.
+    pub load_time: Option<Duration>,
 }
 
 /// Cheap to clone: everything lives behind one `Arc`.
@@ -34,32 +66,23 @@ struct Inner {
     /// Permits for inference requests in progress (`server.max_concurrent_requests`).
     in_flight: Arc<Semaphore>,
     config: Config,
-    models: BTreeMap<String, ModelHandle>,
+    models: RwLock<BTreeMap<String, ModelEntry>>,
     default_model: String,
+    /// Serializes loads, reloads and unloads, so two cannot race on one model.
+    management: tokio::sync::Mutex<()>,
     started: Instant,
 }
 
 /// Why the server could not start; printed as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot load model from {dir}: {source}")]
-    Manifest {
-        dir: String,
-        source: inference_core::ManifestError,
-    },
-    #[error("cannot load model '{model}' with backend {backend}: {source}")]
-    Engine {
-        model: String,
-        backend: String,
-        source: EngineError,
-    },
-    #[error("warmup of model '{model}' failed: {source}")]
-    Warmup { model: String, source: EngineError },
+    #[error("{0}")]
+    Repository(String),
 }
 
 impl AppState {
-    /// Serves the given engines, the first being the default model. Starts one scheduler per
-    /// engine, so it must run inside a Tokio runtime.
+    /// Serves the given engines, ready at once, the first being the default model. Starts one
+    /// scheduler per engine, so it must run inside a Tokio runtime.
     ///
     /// # Panics
     /// When `engines` is empty: a server always has a default model.
@@ -68,63 +91,237 @@ impl AppState {
             .first()
             .map(|e| e.info().model.name.clone())
             .expect("at least one engine");
-        let scheduler_config = config.scheduler_config();
         let models = engines
             .into_iter()
             .map(|engine| {
                 let name = engine.info().model.name.clone();
-                let scheduler = Scheduler::start(engine, scheduler_config.clone());
-                (name, ModelHandle { scheduler })
+                let version = engine.info().model.version.clone();
+                let scheduler =
+                    Scheduler::start(engine, config.scheduler_config(&Default::default()));
+                let handle = ModelHandle {
+                    scheduler,
+                    processing: Processing::default(),
+                    version,
+                    description: String::new(),
+                };
+                let entry = ModelEntry {
+                    name: name.clone(),
+                    dir: None,
+                    state: ModelState::Ready,
+                    error: None,
+                    handle: Some(Arc::new(handle)),
+                    load_time: None,
+                };
+                (name, entry)
             })
             .collect();
+        Self::with_models(config, models, default_model)
+    }
+
+    fn with_models(
+        config: Config,
+        models: BTreeMap<String, ModelEntry>,
+        default_model: String,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 in_flight: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
                 config,
-                models,
+                models: RwLock::new(models),
                 default_model,
+                management: tokio::sync::Mutex::new(()),
                 started: Instant::now(),
             }),
         }
     }
 
-    /// Loads the configured model with the configured backend, warms it up, and serves it.
-    pub async fn from_config(config: Config) -> Result<Self, StartupError> {
+    /// Reads the repository and starts loading every model in the background, in folder
+    /// order; returns at once so the server can listen while models load. A missing
+    /// repository is an error; a broken model is only that model's `failed` state.
+    pub fn start(config: Config) -> Result<Self, StartupError> {
         let dir = config.model_dir();
-        let manifest = ModelManifest::load(&dir).map_err(|source| StartupError::Manifest {
-            dir: dir.display().to_string(),
-            source,
-        })?;
-        let backend = config.model.backend.clone();
-        let options = config.engine_options();
-        let model = manifest.name.clone();
-        // Loading blocks (worker threads read weights): keep it off the async workers.
-        let loaded = {
-            let backend = backend.clone();
-            tokio::task::spawn_blocking(move || backends::load(&backend, &manifest, &options))
-                .await
-                .unwrap_or_else(|join| Err(EngineError::Load(join.to_string())))
+        let discovered = repository::scan(&dir, config.models.name.as_deref(), &config.models.load)
+            .map_err(StartupError::Repository)?;
+        let default_model = match &config.models.default {
+            Some(name) => name.clone(),
+            None => discovered
+                .first()
+                .map(|d| d.name.clone())
+                .unwrap_or_default(),
         };
-        let engine = loaded.map_err(|source| StartupError::Engine {
-            model: model.clone(),
-            backend,
-            source,
-        })?;
-        if config.model.warmup {
-            let took = engine
-                .warmup()
-                .await
-                .map_err(|source| StartupError::Warmup {
-                    model: model.clone(),
-                    source,
-                })?;
-            tracing::info!(
-                model,
-                warmup_ms = took.as_secs_f64() * 1000.0,
-                "model warmed up"
-            );
+        let mut pending = Vec::new();
+        let models = discovered
+            .into_iter()
+            .map(|found| {
+                let Discovered {
+                    name,
+                    dir,
+                    manifest,
+                } = found;
+                let (state, error) = match manifest {
+                    Ok(manifest) => {
+                        pending.push((name.clone(), manifest));
+                        (ModelState::Loading, None)
+                    }
+                    Err(error) => {
+                        tracing::error!(model = %name, %error, "model cannot be loaded");
+                        (ModelState::Failed, Some(error))
+                    }
+                };
+                let entry = ModelEntry {
+                    name: name.clone(),
+                    dir: Some(dir),
+                    state,
+                    error,
+                    handle: None,
+                    load_time: None,
+                };
+                (name, entry)
+            })
+            .collect();
+        let state = Self::with_models(config, models, default_model);
+        let loader = state.clone();
+        tokio::spawn(async move {
+            for (name, manifest) in pending {
+                let _ = loader.load_into(&name, manifest).await;
+            }
+        });
+        Ok(state)
+    }
+
+    /// [`AppState::start`], then waits until every model is `ready` or `failed`.
+    pub async fn from_config(config: Config) -> Result<Self, StartupError> {
+        let state = Self::start(config)?;
+        state.settled().await;
+        Ok(state)
+    }
+
+    /// Resolves once no model is `loading`.
+    pub async fn settled(&self) {
+        while self
+            .entries()
+            .iter()
+            .any(|e| e.state == ModelState::Loading)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(Self::new(config, vec![engine]))
+    }
+
+    /// Loads `manifest` and records the outcome under `name`.
+    async fn load_into(&self, name: &str, manifest: ModelManifest) -> Result<(), String> {
+        let started = Instant::now();
+        let outcome = load_model(&self.inner.config, manifest).await;
+        let mut models = self.write();
+        let Some(entry) = models.get_mut(name) else {
+            return Err(format!("model '{name}' was removed while it loaded"));
+        };
+        match outcome {
+            Ok(handle) => {
+                tracing::info!(
+                    model = %name,
+                    backend = %handle.info().backend,
+                    device = %handle.info().device,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "model ready"
+                );
+                entry.state = ModelState::Ready;
+                entry.error = None;
+                entry.load_time = Some(started.elapsed());
+                entry.handle = Some(Arc::new(handle));
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(model = %name, %error, "model failed to load");
+                entry.state = ModelState::Failed;
+                entry.error = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// Loads (or reloads from disk) the named model. A reload keeps the old version serving
+    /// until the new one is ready, then lets the old one finish what it accepted.
+    pub async fn load(&self, name: &str) -> Result<(), ApiError> {
+        repository::check_name(name).map_err(ApiError::Unprocessable)?;
+        let _serial = self.inner.management.lock().await;
+        let known_dir = self.read().get(name).and_then(|e| e.dir.clone());
+        let dir = match known_dir {
+            Some(dir) => dir,
+            None => repository::find(&self.inner.config.model_dir(), name).ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "no model named {name:?} in the repository {}",
+                    self.inner.config.model_dir().display()
+                ))
+            })?,
+        };
+        let manifest = repository::read_manifest(&dir, name).map_err(ApiError::Unprocessable)?;
+        let started = Instant::now();
+        let old = {
+            let mut models = self.write();
+            let entry = models
+                .entry(name.to_string())
+                .or_insert_with(|| ModelEntry {
+                    name: name.to_string(),
+                    dir: Some(dir.clone()),
+                    state: ModelState::Loading,
+                    error: None,
+                    handle: None,
+                    load_time: None,
+                });
+            if entry.handle.is_none() {
+                entry.state = ModelState::Loading;
+            }
+            entry.handle.clone()
+        };
+        let outcome = load_model(&self.inner.config, manifest).await;
+        let mut models = self.write();
+        let entry = models
+            .get_mut(name)
+            .ok_or_else(|| ApiError::Unavailable(format!("model {name:?} was unloaded")))?;
+        match outcome {
+            Ok(handle) => {
+                entry.handle = Some(Arc::new(handle));
+                entry.state = ModelState::Ready;
+                entry.error = None;
+                entry.load_time = Some(started.elapsed());
+                drop(models);
+                if let Some(old) = old {
+                    // Requests already queued on the old version finish there.
+                    tokio::spawn(async move { old.scheduler.shutdown().await });
+                }
+                tracing::info!(model = %name, "model loaded");
+                Ok(())
+            }
+            Err(error) => {
+                if entry.handle.is_none() {
+                    entry.state = ModelState::Failed;
+                }
+                entry.error = Some(error.clone());
+                Err(ApiError::Unprocessable(format!(
+                    "model {name:?} cannot be loaded: {error}"
+                )))
+            }
+        }
+    }
+
+    /// Stops serving the named model; what it already accepted is answered first.
+    pub async fn unload(&self, name: &str) -> Result<(), ApiError> {
+        repository::check_name(name).map_err(ApiError::Unprocessable)?;
+        let _serial = self.inner.management.lock().await;
+        let handle = {
+            let mut models = self.write();
+            let entry = models
+                .get_mut(name)
+                .ok_or_else(|| ApiError::NotFound(format!("model {name:?} is not loaded")))?;
+            entry.state = ModelState::Unloading;
+            entry.handle.take()
+        };
+        if let Some(handle) = handle {
+            handle.scheduler.shutdown().await;
+        }
+        self.write().remove(name);
+        tracing::info!(model = %name, "model unloaded");
+        Ok(())
     }
 
     /// A permit for one inference request, or `None` when the limit is reached.
@@ -140,29 +337,56 @@ impl AppState {
         self.inner.started
     }
 
-    pub fn default_model(&self) -> &ModelHandle {
-        &self.inner.models[&self.inner.default_model]
+    pub fn default_model_name(&self) -> &str {
+        &self.inner.default_model
     }
 
-    /// The named model, or the default one; an unknown name is a 404.
-    pub fn model(&self, name: Option<&str>) -> Result<&ModelHandle, ApiError> {
-        match name {
-            None => Ok(self.default_model()),
-            Some(name) => self.inner.models.get(name).ok_or_else(|| {
-                ApiError::NotFound(format!(
-                    "model {name:?} is not loaded (loaded: {})",
-                    self.model_names().join(", ")
-                ))
-            }),
-        }
+    /// The default model, when it is ready.
+    pub fn default_model(&self) -> Result<Arc<ModelHandle>, ApiError> {
+        self.model(None)
     }
 
-    pub fn models(&self) -> impl Iterator<Item = &ModelHandle> {
-        self.inner.models.values()
+    /// The named model, or the default one, when it is ready: an unknown name is a 404, a
+    /// model that is not ready a 503 saying why.
+    pub fn model(&self, name: Option<&str>) -> Result<Arc<ModelHandle>, ApiError> {
+        let name = name.unwrap_or(&self.inner.default_model);
+        repository::check_name(name).map_err(ApiError::Unprocessable)?;
+        let models = self.read();
+        let entry = models.get(name).ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "model {name:?} is not loaded (loaded: {})",
+                models.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        entry.handle.clone().ok_or_else(|| {
+            let why = entry
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            let state = serde_json::to_value(&entry.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            ApiError::Unavailable(format!("model {name:?} is {state}{why}"))
+        })
+    }
+
+    /// Every model of the repository, with its state.
+    pub fn entries(&self) -> Vec<ModelEntry> {
+        self.read().values().cloned().collect()
+    }
+
+    /// The ready models.
+    pub fn models(&self) -> Vec<Arc<ModelHandle>> {
+        self.read()
+            .values()
+            .filter_map(|e| e.handle.clone())
+            .collect()
     }
 
     pub fn model_names(&self) -> Vec<String> {
-        self.inner.models.keys().cloned().collect()
+        self.read().keys().cloned().collect()
     }
 
     /// Stops every scheduler from accepting work and lets what is queued finish.
@@ -171,4 +395,98 @@ impl AppState {
             model.scheduler.shutdown().await;
         }
     }
+
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, ModelEntry>> {
+        self.inner
+            .models
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, ModelEntry>> {
+        self.inner
+            .models
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Loads one model: backend, processing tables, warmup batches checked against its outputs,
+/// and a scheduler with its own batching. The error is one sentence.
+async fn load_model(config: &Config, manifest: ModelManifest) -> Result<ModelHandle, String> {
+    let backend = manifest
+        .backend
+        .clone()
+        .unwrap_or_else(|| config.model.backend.clone());
+    let mut options = config.engine_options();
+    if let Some(device) = &manifest.device {
+        options.device.clone_from(device);
+    }
+    if let Some(instances) = manifest.instances {
+        options.instances = instances.max(1);
+    }
+    let batching = manifest.batching.clone();
+    let warmup_sizes = manifest
+        .warmup_batch_sizes
+        .clone()
+        .unwrap_or_else(|| vec![1]);
+    let version = manifest.version.clone();
+    let description = manifest.description.clone();
+    // Loading blocks (weights are read, sessions built): keep it off the async workers.
+    let (engine, manifest) = tokio::task::spawn_blocking(move || {
+        backends::load(&backend, &manifest, &options).map(|engine| (engine, manifest))
+    })
+    .await
+    .unwrap_or_else(|join| Err(EngineError::Load(join.to_string())))
+    .map_err(|e| e.to_string())?;
+    // The engine's spec is the complete one (an ONNX graph may have filled it in).
+    let spec = engine.info().model.clone();
+    let processing = Processing::from_manifest(&manifest, &spec)?;
+    if config.model.warmup {
+        for size in warmup_sizes {
+            warm_up(engine.as_ref(), size.max(1)).await?;
+        }
+    }
+    let scheduler = Scheduler::start(engine, config.scheduler_config(&batching));
+    Ok(ModelHandle {
+        scheduler,
+        processing,
+        version,
+        description,
+    })
+}
+
+/// Runs one zero batch of `size` rows and checks every output against the model's spec.
+async fn warm_up(engine: &dyn InferenceEngine, size: usize) -> Result<(), String> {
+    let spec = &engine.info().model;
+    let rows: Vec<Sample> = (0..size).map(|_| spec.zero_sample()).collect();
+    let batch = Batch::stack(&rows).map_err(|e| format!("warmup batch: {e}"))?;
+    let output = engine
+        .infer(batch)
+        .await
+        .map_err(|e| format!("warmup at batch size {size} failed: {e}"))?;
+    if output.tensors.len() != spec.outputs.len() {
+        return Err(format!(
+            "warmup returned {} output(s), the model declares {}",
+            output.tensors.len(),
+            spec.outputs.len()
+        ));
+    }
+    for (tensor, output_spec) in output.tensors.iter().zip(&spec.outputs) {
+        let fits = tensor.shape().first() == Some(&size)
+            && output_spec
+                .check_parts(tensor.dtype(), &tensor.shape()[1..])
+                .is_ok();
+        if !fits {
+            return Err(format!(
+                "warmup output '{}' has type {} and shape {:?}, the model declares {} [{size}] + {:?}",
+                output_spec.name,
+                tensor.dtype(),
+                tensor.shape(),
+                output_spec.dtype,
+                output_spec.shape
+            ));
+        }
+    }
+    Ok(())
 }

@@ -43,8 +43,53 @@ fn command(args: &[&str]) -> Command {
     command
 }
 
-/// Starts the binary and waits for its "listening on" line to learn the port.
+/// Starts the binary, learns its port from the "listening on" line, and waits until its
+/// models are ready (`/health` answers 200).
 fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
+    let server = start_listening(args, envs);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if http_get(&server.base, "/health").0 == 200 {
+            return server;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the model never became ready: {:?}",
+            server.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A blocking GET without an HTTP client runtime, usable from sync and async tests alike:
+/// the status code (0 when unreachable) and the body.
+fn http_get(base: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut response = String::new();
+    if stream.write_all(request.as_bytes()).is_err()
+        || stream.read_to_string(&mut response).is_err()
+    {
+        return (0, String::new());
+    }
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Starts the binary and waits only for its "listening on" line: models load afterwards.
+fn start_listening(args: &[&str], envs: &[(&str, &str)]) -> Server {
     let mut command = command(args);
     command.envs(envs.iter().copied());
     let mut child = command.spawn().expect("server starts");
@@ -153,20 +198,34 @@ fn an_unknown_backend_exits_with_one_line_naming_the_compiled_list() {
 }
 
 #[test]
-fn ort_without_its_library_exits_with_one_line_naming_the_fix() {
-    let line = refused(
-        &["--backend", "ort"],
-        &[
-            ("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so"),
-            ("INFERENCE_RUNTIME_DIR", "/nonexistent"),
-        ],
-    );
-    if backends::COMPILED.contains(&"ort") {
-        assert!(line.contains("cargo xtask setup"), "{line}");
-        assert!(line.contains("/nonexistent/libonnxruntime.so"), "{line}");
-    } else {
+fn ort_without_its_library_is_a_failed_model_naming_the_fix() {
+    let envs = [
+        ("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so"),
+        ("INFERENCE_RUNTIME_DIR", "/nonexistent"),
+    ];
+    if !backends::COMPILED.contains(&"ort") {
+        let line = refused(&["--backend", "ort"], &envs);
         assert!(line.contains("--features ort"), "{line}");
+        return;
     }
+    // The server keeps listening; the model reports why it failed, in one sentence.
+    let server = start_listening(&["--backend", "ort"], &envs);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let model = loop {
+        let models: Value = serde_json::from_str(&http_get(&server.base, "/models").1).unwrap();
+        let model = models["models"][0].clone();
+        if model["state"] != "loading" {
+            break model;
+        }
+        assert!(std::time::Instant::now() < deadline, "still loading");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(model["state"], "failed", "{model}");
+    let error = model["error"].as_str().unwrap();
+    assert!(error.contains("cargo xtask setup"), "{error}");
+    assert!(error.contains("/nonexistent/libonnxruntime.so"), "{error}");
+    assert!(!error.contains('\n'), "{error}");
+    assert_eq!(http_get(&server.base, "/health").0, 503);
 }
 
 #[test]

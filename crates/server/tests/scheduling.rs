@@ -51,7 +51,7 @@ async fn a_full_queue_answers_429_with_retry_after_then_recovers() {
             engine.wait_for_batches(1).await;
         }
     }
-    while state.default_model().scheduler.queue_len() < 2 {
+    while state.default_model().unwrap().scheduler.queue_len() < 2 {
         tokio::task::yield_now().await;
     }
     let rejected = send(&state, post_json("/predict", r#"{"inputs": 4}"#)).await;
@@ -213,7 +213,7 @@ async fn a_request_whose_client_went_away_is_never_computed() {
         let state = state.clone();
         tokio::spawn(async move { send(&state, post_json("/predict", r#"{"inputs": 8}"#)).await })
     };
-    while state.default_model().scheduler.queue_len() < 1 {
+    while state.default_model().unwrap().scheduler.queue_len() < 1 {
         tokio::task::yield_now().await;
     }
     abandoned.abort();

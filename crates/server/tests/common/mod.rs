@@ -57,7 +57,7 @@ pub fn assert_close(actual: &Value, expected: &[f64]) {
 /// The default configuration: the example model with the default backend.
 pub fn test_config() -> Config {
     let mut config = Config::default();
-    config.model.dir = example_dir();
+    config.models.dir = example_dir();
     config
 }
 
