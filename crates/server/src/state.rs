@@ -286,8 +286,8 @@ impl AppState {
                 entry.load_time = Some(started.elapsed());
                 drop(models);
                 if let Some(old) = old {
-                    // Requests already queued on the old version finish there.
-                    tokio::spawn(async move { old.scheduler.shutdown().await });
+                    // Requests already holding the old version finish there.
+                    tokio::spawn(retire(old, self.inner.config.drain_timeout()));
                 }
                 tracing::info!(model = %name, "model loaded");
                 Ok(())
@@ -317,7 +317,7 @@ impl AppState {
             entry.handle.take()
         };
         if let Some(handle) = handle {
-            handle.scheduler.shutdown().await;
+            retire(handle, self.inner.config.drain_timeout()).await;
         }
         self.write().remove(name);
         tracing::info!(model = %name, "model unloaded");
@@ -409,6 +409,17 @@ impl AppState {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Stops a model version that no longer takes new requests: waits until every request that
+/// already holds it has let go (each holds the handle from resolving the model to its
+/// answer, so none of them meets a closed queue), at most `limit`, then drains its queue.
+async fn retire(handle: Arc<ModelHandle>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Arc::strong_count(&handle) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    handle.scheduler.shutdown().await;
 }
 
 /// Loads one model: backend, processing tables, warmup batches checked against its outputs,
