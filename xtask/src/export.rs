@@ -2,15 +2,17 @@
 //! with `--resnet18`, generates the ResNet-18 model directory instead.
 
 use crate::process::{Steps, run_streamed, workspace_root};
-use crate::setup::{self, Pin};
+use crate::setup::{self, Pin, Runtimes};
 use anyhow::{Result, ensure};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The exporter, relative to the workspace root; it writes next to itself by default.
 const EXPORT_SCRIPT: &str = "models/example/export.py";
-/// The ResNet-18 exporter; it writes to `models/resnet18/` by default (not committed).
+/// The ResNet-18 exporter; it writes to [`RESNET18_DIR`] by default.
 const RESNET18_SCRIPT: &str = "scripts/export_resnet18.py";
+/// Where the ResNet-18 export goes, relative to the workspace root (git-ignored: too big).
+pub(crate) const RESNET18_DIR: &str = "models/resnet18";
 
 /// Imports that only exporting needs, so `setup` leaves them out of the serving runtimes.
 const EXPORT_IMPORTS: &str = "import numpy, onnx, safetensors";
@@ -42,6 +44,20 @@ pub(crate) struct ExportArgs {
 }
 
 pub(crate) fn run(args: &ExportArgs) -> Result<()> {
+    let runtimes = setup::ensure_installed()?;
+    export(args, &runtimes)
+}
+
+/// Writes the ResNet-18 model folder to [`RESNET18_DIR`] with already installed runtimes.
+pub(crate) fn export_resnet18(runtimes: &Runtimes) -> Result<()> {
+    let args = ExportArgs {
+        out_dir: None,
+        resnet18: true,
+    };
+    export(&args, runtimes)
+}
+
+fn export(args: &ExportArgs, runtimes: &Runtimes) -> Result<()> {
     let script_path = if args.resnet18 {
         RESNET18_SCRIPT
     } else {
@@ -49,7 +65,6 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     };
     let script = workspace_root().join(script_path);
     ensure!(script.is_file(), "{} does not exist", script.display());
-    let runtimes = setup::ensure_installed()?;
     let mut steps = Steps::new(if args.resnet18 { 3 } else { 2 });
     steps.run("install the export packages if missing", |bar| {
         if imports_work(&runtimes.python, EXPORT_IMPORTS) {

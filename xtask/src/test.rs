@@ -1,5 +1,6 @@
 //! `cargo xtask test`: formatting, lints and tests, with every backend that builds here.
 
+use crate::export::{self, RESNET18_DIR};
 use crate::process::{format_duration, workspace_root};
 use crate::setup::{self, Runtimes};
 use anyhow::{Context, Result, bail};
@@ -16,6 +17,10 @@ const RUNTIME_CRATES: &[&str] = &["inference-backend-ort", "inference-backend-tc
 /// Set by users of the pip build of tch; it would make torch-sys ignore `LIBTORCH`.
 const CONFLICTING_VARS: &[&str] = &["LIBTORCH_USE_PYTORCH"];
 
+/// Makes the ResNet-18 tests fail instead of skipping when the model is not exported
+/// (read by `inference_core::conformance::resnet18_manifest`).
+const REQUIRE_RESNET18: (&str, &str) = ("REQUIRE_RESNET18", "1");
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct TestArgs {
     /// Skips runtime setup and the ort/tch backends: candle only, nothing to download.
@@ -28,6 +33,8 @@ pub(crate) struct TestArgs {
 struct CargoStep {
     name: &'static str,
     args: Vec<String>,
+    /// Environment variables set for this step only.
+    env: Vec<(&'static str, &'static str)>,
 }
 
 impl CargoStep {
@@ -42,6 +49,7 @@ impl CargoStep {
         Self {
             name,
             args: head.chain(selection.iter().cloned()).chain(tail).collect(),
+            env: Vec::new(),
         }
     }
 }
@@ -62,10 +70,15 @@ fn package_selection(quick: bool) -> Vec<String> {
 fn plan(quick: bool) -> Vec<CargoStep> {
     let selection = package_selection(quick);
     let lint_tail = ["--all-targets", "--", "-D", "warnings"];
+    let mut test = CargoStep::around("test", &["test"], &selection, &[]);
+    // The full run exports ResNet-18 first (`ensure_resnet18`), so a skip would hide a bug.
+    if !quick {
+        test.env.push(REQUIRE_RESNET18);
+    }
     vec![
         CargoStep::new("fmt", &["fmt", "--all", "--", "--check"]),
         CargoStep::around("clippy", &["clippy"], &selection, &lint_tail),
-        CargoStep::around("test", &["test"], &selection, &[]),
+        test,
     ]
 }
 
@@ -80,6 +93,7 @@ pub(crate) fn run(args: &TestArgs) -> Result<()> {
         for (name, value) in runtimes.build_env() {
             eprintln!("env {name}={}", value.display());
         }
+        ensure_resnet18(&runtimes)?;
     }
     let timings = run_steps(&steps, &mut commands)?;
     if !args.quick {
@@ -99,7 +113,10 @@ fn cargo_commands(steps: &[CargoStep]) -> Vec<Command> {
         .iter()
         .map(|step| {
             let mut command = Command::new(&cargo);
-            command.args(&step.args).current_dir(&root);
+            command
+                .args(&step.args)
+                .envs(step.env.iter().copied())
+                .current_dir(&root);
             command
         })
         .collect()
@@ -111,6 +128,20 @@ fn timed_setup() -> Result<Runtimes> {
     let runtimes = setup::ensure_installed().context("step `setup` failed")?;
     eprintln!("<== setup done in {}", format_duration(started.elapsed()));
     Ok(runtimes)
+}
+
+/// Exports ResNet-18 when its folder has no `model.toml`: the full run's tests need it
+/// (`REQUIRE_RESNET18`), and an existing export is kept, as exporting takes minutes.
+fn ensure_resnet18(runtimes: &Runtimes) -> Result<()> {
+    let manifest = workspace_root().join(RESNET18_DIR).join("model.toml");
+    if manifest.is_file() {
+        return Ok(());
+    }
+    eprintln!("==> export: {} is missing", manifest.display());
+    let started = Instant::now();
+    export::export_resnet18(runtimes).context("step `export ResNet-18` failed")?;
+    eprintln!("<== export done in {}", format_duration(started.elapsed()));
+    Ok(())
 }
 
 /// The same variables on every step, so cargo never rebuilds torch-sys between them.
@@ -187,6 +218,24 @@ mod tests {
         let clippy = args_of(&steps, "clippy").join(" ");
         assert!(clippy.contains("--all-targets"), "{clippy}");
         assert!(clippy.ends_with("-- -D warnings"), "{clippy}");
+    }
+
+    #[test]
+    fn only_the_full_test_step_requires_the_resnet18_export() {
+        let full = plan(false);
+        for step in &full {
+            let required = step.env.contains(&REQUIRE_RESNET18);
+            assert_eq!(required, step.name == "test", "{step:?}");
+        }
+        assert!(plan(true).iter().all(|step| step.env.is_empty()));
+        let commands = cargo_commands(&full);
+        let test = commands.last().unwrap();
+        let envs: Vec<_> = test.get_envs().collect();
+        let (name, value) = REQUIRE_RESNET18;
+        assert!(
+            envs.contains(&(name.as_ref(), Some(value.as_ref()))),
+            "{envs:?}"
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@
 //! The device comes from `INFERENCE_TEST_DEVICE` (default `cpu`), so the same tests run on a
 //! GPU with `INFERENCE_TEST_DEVICE=cuda`. The golden check prints one `timing` line per batch
 //! size to stderr (see [`TimingLine`]); those are measurements, never assertions.
+//!
+//! The same checks for torchvision's ResNet-18, when it is exported, are in `resnet.rs`
+//! ([`resnet18_manifest`], [`check_resnet18_golden`], [`resnet18_suite!`](crate::resnet18_suite)).
 
 use crate::engine::InferenceEngine;
 use crate::error::ErrorKind;
@@ -27,6 +30,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod resnet;
+pub use resnet::*;
 
 /// Largest absolute difference allowed between an engine's output and the golden output.
 pub const TOLERANCE: f64 = 1e-5;
