@@ -185,17 +185,28 @@ impl ServerProcess {
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let stderr = child.stderr.take().expect("stderr is piped");
         let (address_tx, address_rx) = mpsc::channel();
-        // Keeps reading after the address, so the server never blocks on a full pipe.
+        // Keeps reading after the address, so the server never blocks on a full pipe. The
+        // server listens before its model has loaded: the clients start once it is ready.
         thread::spawn(move || {
             let mut seen = Vec::new();
-            let mut listening = false;
+            let mut address = None;
+            let mut ready = false;
+            let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(address) = listening_address(&line) {
-                    listening = true;
-                    let _ = address_tx.send(Ok(address));
-                } else if !listening {
-                    // Only the lines before the address can explain a failed start.
+                if let Some(found) = listening_address(&line) {
+                    address = Some(found);
+                } else if line.contains("model ready") {
+                    ready = true;
+                } else if !sent {
+                    // Only the lines before readiness can explain a failed start.
                     seen.push(line);
+                }
+                if ready
+                    && !sent
+                    && let Some(address) = address.clone()
+                {
+                    sent = true;
+                    let _ = address_tx.send(Ok(address));
                 }
             }
             let _ = address_tx.send(Err(seen.join("\n")));
@@ -206,7 +217,7 @@ impl ServerProcess {
         };
         server.base_url = match address_rx.recv_timeout(STARTUP_TIMEOUT) {
             Ok(Ok(address)) => format!("http://{address}"),
-            Ok(Err(log)) => bail!("the server exited before listening:\n{log}"),
+            Ok(Err(log)) => bail!("the server exited before its model was ready:\n{log}"),
             Err(_) => bail!(
                 "the server logged no `listening on` line within {}s",
                 STARTUP_TIMEOUT.as_secs()
