@@ -265,40 +265,56 @@ pub fn median(durations: &[Duration]) -> Option<Duration> {
     sorted.get(sorted.len() / 2).copied()
 }
 
-/// Runs `batch_size` rows cycled from the golden cases once to warm up, then
-/// [`TIMED_RUNS`] more times under a clock, checking every row of every call; prints a
-/// [`TimingLine`] to stderr and returns the largest absolute error seen.
-pub async fn check_golden_outputs(engine: &dyn InferenceEngine, batch_size: usize) -> f64 {
-    let golden = example_golden();
-    let cases = golden.cycled(batch_size);
+/// Runs `batch` once to warm up, then `runs` more times under a clock, checking every
+/// output with `check` (which returns the largest absolute error or says what differs);
+/// panics naming `what` on any failure. Returns the timing line of the timed calls.
+pub(crate) async fn timed_golden_runs(
+    engine: &dyn InferenceEngine,
+    what: &str,
+    batch: &Batch,
+    runs: usize,
+    check: impl Fn(&Batch) -> Result<f64, String>,
+) -> TimingLine {
     let mut max_error = 0.0_f64;
-    let mut timings = Vec::with_capacity(TIMED_RUNS);
-    for run in 0..=TIMED_RUNS {
-        let batch = input_batch(&cases);
+    let mut timings = Vec::with_capacity(runs);
+    for run in 0..=runs {
+        // Cloning shares the rows' buffers; only the engine's output is new.
         let started = Instant::now();
         let output = engine
-            .infer(batch)
+            .infer(batch.clone())
             .await
-            .unwrap_or_else(|e| panic!("batch of {batch_size} failed (call {run}): {e}"));
+            .unwrap_or_else(|e| panic!("{what} failed (call {run}): {e}"));
         let took = started.elapsed();
-        let error = compare_with_golden(&output, &cases)
-            .unwrap_or_else(|reason| panic!("batch of {batch_size} (call {run}): {reason}"));
+        let error = check(&output).unwrap_or_else(|reason| panic!("{what} (call {run}): {reason}"));
         max_error = max_error.max(error);
         // Call 0 pays for lazy initialisation (kernels, allocators), so it is not timed.
         if run > 0 {
             timings.push(took);
         }
     }
-    let line = TimingLine {
+    TimingLine {
         backend: engine.info().backend.clone(),
         device: engine.info().device.clone(),
-        batch: batch_size,
-        median: median(&timings).expect("TIMED_RUNS is not zero"),
+        batch: batch.size,
+        median: median(&timings).unwrap_or_default(),
         runs: timings.len(),
         max_abs_error: max_error,
-    };
+    }
+}
+
+/// Runs `batch_size` rows cycled from the golden cases once to warm up, then
+/// [`TIMED_RUNS`] more times under a clock, checking every row of every call; prints a
+/// [`TimingLine`] to stderr and returns the largest absolute error seen.
+pub async fn check_golden_outputs(engine: &dyn InferenceEngine, batch_size: usize) -> f64 {
+    let golden = example_golden();
+    let cases = golden.cycled(batch_size);
+    let what = format!("batch of {batch_size}");
+    let line = timed_golden_runs(engine, &what, &input_batch(&cases), TIMED_RUNS, |output| {
+        compare_with_golden(output, &cases)
+    })
+    .await;
     eprintln!("{line}");
-    max_error
+    line.max_abs_error
 }
 
 /// Several batches in flight at once each get their own rows back.

@@ -15,14 +15,13 @@
 //! `cargo test` needs no Python; `cargo xtask test` exports first and sets
 //! `REQUIRE_RESNET18=1`, which turns a missing export into a failure.
 
-use super::{GoldenError, TimingLine, median, test_device};
+use super::{GoldenError, test_device};
 use crate::engine::InferenceEngine;
 use crate::model::{Batch, ModelManifest, Sample};
 use crate::tensor::{DType, Tensor};
 use bytes::Bytes;
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// Largest absolute logit difference allowed against the golden logits (the bound
 /// `golden.toml` states). Looser than the example model's 1e-5: each logit ends some two
@@ -287,35 +286,14 @@ pub async fn check_resnet18_golden(engine: &dyn InferenceEngine, batch_size: usi
     let rows = golden.cycled_rows(batch_size);
     let batch = golden.input_batch(&rows);
     let expected = golden.logits_of(&rows);
-    let mut max_error = 0.0_f64;
-    let mut timings = Vec::with_capacity(RESNET18_TIMED_RUNS);
-    for run in 0..=RESNET18_TIMED_RUNS {
-        // Cloning shares the rows' buffer; only the engine's output is new.
-        let started = Instant::now();
-        let output = engine.infer(batch.clone()).await.unwrap_or_else(|e| {
-            panic!("ResNet-18: a batch of {batch_size} failed (call {run}): {e}")
-        });
-        let took = started.elapsed();
-        let error = compare_logits(&output, &rows, &expected).unwrap_or_else(|reason| {
-            panic!("ResNet-18 batch of {batch_size} (call {run}): {reason}")
-        });
-        max_error = max_error.max(error);
-        // Call 0 pays for lazy initialisation (kernels, allocators), so it is not timed.
-        if run > 0 {
-            timings.push(took);
-        }
-    }
-    let line = TimingLine {
-        backend: engine.info().backend.clone(),
-        device: engine.info().device.clone(),
-        batch: batch_size,
-        median: median(&timings).expect("RESNET18_TIMED_RUNS is not zero"),
-        runs: timings.len(),
-        max_abs_error: max_error,
-    };
+    let what = format!("ResNet-18 batch of {batch_size}");
+    let line = super::timed_golden_runs(engine, &what, &batch, RESNET18_TIMED_RUNS, |output| {
+        compare_logits(output, &rows, &expected)
+    })
+    .await;
     // Prefixed, so that collectors of the example model's timing lines never mix the two.
     eprintln!("resnet18-{line}");
-    max_error
+    line.max_abs_error
 }
 
 /// Feeds every `preprocessed` image as one batch; checks the logits against
