@@ -77,7 +77,10 @@ fn export(args: &ExportArgs, runtimes: &Runtimes) -> Result<()> {
             if imports_work(&runtimes.python, RESNET18_IMPORTS) {
                 return Ok(());
             }
-            pip_install_no_deps(&runtimes.python, &resnet18_pins(), bar)
+            run_streamed(
+                &mut setup::pip_install_no_deps(&runtimes.python, &resnet18_pins()),
+                bar,
+            )
         })?;
     }
     steps.run("run the exporter", |bar| {
@@ -95,19 +98,4 @@ fn imports_work(python: &Path, imports: &str) -> bool {
         .args(["-c", imports])
         .output()
         .is_ok_and(|output| output.status.success())
-}
-
-/// `pip install --no-deps PINS` into the venv itself, streaming pip's output.
-fn pip_install_no_deps(python: &Path, pins: &[Pin], bar: &indicatif::ProgressBar) -> Result<()> {
-    let mut command = Command::new(python);
-    command
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-deps",
-        ])
-        .args(pins.iter().map(Pin::to_string));
-    run_streamed(&mut command, bar)
 }

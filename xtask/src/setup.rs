@@ -265,6 +265,14 @@ pub(crate) fn pip_install(python: &Path, pins: &[Pin], bar: &ProgressBar) -> Res
 /// `pip install --no-deps --target DIR PINS`: packages unpacked into a folder of their own,
 /// exactly at the pinned versions (no dependency may pull a newer release in).
 pub(crate) fn pip_install_into(python: &Path, dir: &Path, pins: &[Pin]) -> Command {
+    let mut command = pip_install_no_deps(python, pins);
+    command.arg("--target").arg(dir);
+    command
+}
+
+/// `pip install --no-deps PINS` into the venv itself: exactly the pinned versions, so no
+/// dependency can replace the pinned torch.
+pub(crate) fn pip_install_no_deps(python: &Path, pins: &[Pin]) -> Command {
     let mut command = Command::new(python);
     command
         .args([
@@ -274,8 +282,6 @@ pub(crate) fn pip_install_into(python: &Path, dir: &Path, pins: &[Pin]) -> Comma
             "--disable-pip-version-check",
             "--no-deps",
         ])
-        .arg("--target")
-        .arg(dir)
         .args(pins.iter().map(Pin::to_string));
     command
 }
