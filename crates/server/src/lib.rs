@@ -32,10 +32,6 @@ pub use state::{AppState, StartupError};
 /// The application router with every endpoint and middleware.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config().server.max_body_bytes;
-    routes::MAX_IMAGE_PIXELS.store(
-        state.config().server.max_image_pixels,
-        std::sync::atomic::Ordering::Relaxed,
-    );
     // Only inference is admission-controlled: probes and stats must answer under load.
     let inference = Router::new()
         .route("/predict", post(routes::predict))

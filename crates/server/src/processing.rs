@@ -61,12 +61,18 @@ impl Classification {
 pub struct Processing {
     pub preprocess: Option<Preprocess>,
     pub classification: Option<Classification>,
+    /// `server.max_image_pixels`: larger pictures are refused before decoding.
+    pub max_image_pixels: u64,
 }
 
 impl Processing {
     /// Reads and checks the tables against the model's inputs and outputs; the error is one
     /// sentence naming the table.
-    pub fn from_manifest(manifest: &ModelManifest, spec: &ModelSpec) -> Result<Self, String> {
+    pub fn from_manifest(
+        manifest: &ModelManifest,
+        spec: &ModelSpec,
+        max_image_pixels: u64,
+    ) -> Result<Self, String> {
         let preprocess = match manifest.tables.get("preprocess") {
             None => None,
             Some(_) => {
@@ -113,6 +119,7 @@ impl Processing {
         Ok(Self {
             preprocess,
             classification,
+            max_image_pixels,
         })
     }
 }

@@ -141,7 +141,7 @@ async fn decode_all(
         Some(preprocess) => {
             let preprocess = preprocess.clone();
             let samples = samples.to_vec();
-            let max_pixels = model_max_pixels(model);
+            let max_pixels = model.processing.max_image_pixels;
             tokio::task::spawn_blocking(move || {
                 samples
                     .iter()
@@ -153,15 +153,6 @@ async fn decode_all(
         }
     }
 }
-
-fn model_max_pixels(model: &ModelHandle) -> u64 {
-    let _ = model;
-    MAX_IMAGE_PIXELS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// `server.max_image_pixels`, set once when the application is built.
-pub static MAX_IMAGE_PIXELS: std::sync::atomic::AtomicU64 =
-    std::sync::atomic::AtomicU64::new(crate::config::DEFAULT_MAX_IMAGE_PIXELS);
 
 /// A string sample is a base64 picture; anything else decodes as numbers.
 fn decode_with_image(
@@ -433,7 +424,7 @@ pub async fn model_predict(
         let bytes = axum::body::Bytes::from_request(request, &state)
             .await
             .map_err(|rejection| ApiError::TooLarge(rejection.body_text()))?;
-        let max_pixels = model_max_pixels(&model);
+        let max_pixels = model.processing.max_image_pixels;
         let sample =
             tokio::task::spawn_blocking(move || image_sample(&bytes, &preprocess, max_pixels))
                 .await

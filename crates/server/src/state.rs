@@ -452,7 +452,7 @@ async fn load_model(config: &Config, manifest: ModelManifest) -> Result<ModelHan
     .map_err(|e| e.to_string())?;
     // The engine's spec is the complete one (an ONNX graph may have filled it in).
     let spec = engine.info().model.clone();
-    let processing = Processing::from_manifest(&manifest, &spec)?;
+    let processing = Processing::from_manifest(&manifest, &spec, config.server.max_image_pixels)?;
     if config.model.warmup {
         for size in warmup_sizes {
             warm_up(engine.as_ref(), size.max(1)).await?;

@@ -519,3 +519,35 @@ async fn an_image_corpus_gets_classes_and_per_sample_422s() {
         StatusCode::UNSUPPORTED_MEDIA_TYPE
     );
 }
+
+#[tokio::test]
+async fn max_image_pixels_is_the_configured_bound() {
+    let root = tempfile::tempdir().unwrap();
+    image_model(root.path());
+    let mut config = Config::default();
+    config.models.dir = root.path().to_path_buf();
+    config.server.max_image_pixels = 40 * 30 - 1;
+    let state = AppState::from_config(config).await.unwrap();
+    let post = |side: (u32, u32)| {
+        Request::post("/models/tiny/predict")
+            .header("content-type", "image/png")
+            .body(Body::from(encode(
+                picture(side.0, side.1).into(),
+                image::ImageFormat::Png,
+            )))
+            .unwrap()
+    };
+    let refused = send(&state, post((40, 30))).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body["detail"].as_str().unwrap().contains("40x30"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(send(&state, post((39, 30))).await.status, StatusCode::OK);
+}
