@@ -120,7 +120,7 @@ fn millis(duration: Duration) -> f64 {
 /// is valid or the engine fails.
 async fn infer(
     model: &ModelHandle,
-    samples: &[Value],
+    samples: Vec<Value>,
     priority: i32,
     timeout: Option<Duration>,
 ) -> Result<Outcome, ApiError> {
@@ -133,14 +133,14 @@ async fn infer(
 /// the async runtime.
 async fn decode_all(
     model: &ModelHandle,
-    samples: &[Value],
+    samples: Vec<Value>,
 ) -> Result<Vec<Result<Sample, String>>, ApiError> {
-    let spec = model.info().model.clone();
+    let spec = &model.info().model;
     match &model.processing.preprocess {
-        None => Ok(samples.iter().map(|v| decode_sample(v, &spec)).collect()),
+        None => Ok(samples.iter().map(|v| decode_sample(v, spec)).collect()),
         Some(preprocess) => {
-            let preprocess = preprocess.clone();
-            let samples = samples.to_vec();
+            // The blocking thread owns what it reads; pictures dwarf these copies.
+            let (spec, preprocess) = (spec.clone(), preprocess.clone());
             let max_pixels = model.processing.max_image_pixels;
             tokio::task::spawn_blocking(move || {
                 samples
@@ -259,12 +259,12 @@ async fn infer_decoded(
 /// One sample through [`infer`]; its failure reads as one sentence, not a list.
 async fn infer_one(
     model: &ModelHandle,
-    sample: &Value,
+    sample: Value,
     priority: i32,
     timeout: Option<Duration>,
 ) -> Result<(Outcome, Prediction), ApiError> {
     let started = Instant::now();
-    let decoded = decode_all(model, std::slice::from_ref(sample)).await?;
+    let decoded = decode_all(model, vec![sample]).await?;
     infer_one_decoded(model, decoded, priority, timeout, started).await
 }
 
@@ -368,7 +368,7 @@ pub async fn predict(
 ) -> Result<Response, ApiError> {
     let model = state.model(body.model.as_deref())?;
     let timeout = timeout_of(body.timeout)?;
-    let (outcome, prediction) = infer_one(&model, &body.inputs, body.priority, timeout).await?;
+    let (outcome, prediction) = infer_one(&model, body.inputs, body.priority, timeout).await?;
     Ok(predict_response(&model, &headers, outcome, prediction))
 }
 
@@ -441,7 +441,7 @@ pub async fn model_predict(
         )));
     }
     let timeout = timeout_of(body.timeout)?;
-    let (outcome, prediction) = infer_one(&model, &body.inputs, body.priority, timeout).await?;
+    let (outcome, prediction) = infer_one(&model, body.inputs, body.priority, timeout).await?;
     Ok(predict_response(&model, &headers, outcome, prediction))
 }
 
@@ -479,7 +479,7 @@ async fn batch_response(
     body: PredictRequest,
 ) -> Result<Response, ApiError> {
     let timeout = timeout_of(body.timeout)?;
-    let Value::Array(samples) = &body.inputs else {
+    let Value::Array(samples) = body.inputs else {
         return Err(ApiError::Unprocessable(
             "inputs must be a list of samples".into(),
         ));
@@ -496,16 +496,17 @@ async fn batch_response(
             samples.len()
         )));
     }
+    let count = samples.len();
     let outcome = infer(model, samples, body.priority, timeout).await?;
     let batch_info = outcome.batch_info();
-    let mut meta = metadata(model, Some(samples.len()));
+    let mut meta = metadata(model, Some(count));
     meta.batch_processing = Some(true);
     meta.individual_inference_times = Some(outcome.row_times_ms.clone());
     let body = BatchPredictResponse {
         success: batch_info.successful_predictions > 0,
         results: outcome.predictions.clone(),
         predictions: outcome.predictions.clone(),
-        batch_size: samples.len(),
+        batch_size: count,
         model_name: model.info().model.name.clone(),
         inference_time_ms: outcome.total_ms,
         processing_time: outcome.processing,
@@ -528,7 +529,8 @@ pub async fn example_batch(State(state): State<AppState>, headers: HeaderMap) ->
     };
     let model = &*model;
     let samples: Vec<Value> = EXAMPLE_BATCH_INPUTS.iter().map(|&x| json!(x)).collect();
-    let outcome = match infer(model, &samples, 0, None).await {
+    let count = samples.len();
+    let outcome = match infer(model, samples, 0, None).await {
         Ok(outcome) => outcome,
         Err(err) => {
             let status = err.status();
@@ -544,13 +546,13 @@ pub async fn example_batch(State(state): State<AppState>, headers: HeaderMap) ->
                 .into_response();
         }
     };
-    let mut meta = metadata(model, Some(samples.len()));
+    let mut meta = metadata(model, Some(count));
     meta.batch_processing = Some(true);
     meta.individual_inference_times = Some(outcome.row_times_ms.clone());
     let batch_info = outcome.batch_info();
     let body = ExampleBatchResponse {
         example: "batch_prediction",
-        input_count: samples.len(),
+        input_count: count,
         response: ExampleBatchInner {
             success: batch_info.successful_predictions > 0,
             predictions: outcome.predictions.clone(),
@@ -574,7 +576,7 @@ pub async fn example_simple(
 ) -> Result<Response, ApiError> {
     let model = state.default_model()?;
     let model = &*model;
-    let (outcome, prediction) = infer_one(model, &body.input, 0, None).await?;
+    let (outcome, prediction) = infer_one(model, body.input.clone(), 0, None).await?;
     let mut meta = metadata(model, None);
     meta.processing_time = Some(outcome.processing);
     let response = ExampleSimpleResponse {
