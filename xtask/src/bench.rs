@@ -16,6 +16,45 @@ enum Bench {
     /// Requests/s and p50/p99 latency of POST /predict with the scheduler merging rows
     /// into one forward pass versus one row per pass (release build, candle backend).
     Batching(BatchingArgs),
+    /// In-process forward passes per second of one model (default: ResNet-18, exported
+    /// when missing) on every backend, per batch size (release build, all backends).
+    Engines(EnginesArgs),
+}
+
+#[derive(Debug, Default, clap::Args)]
+struct EnginesArgs {
+    /// The model's folder [example default: models/resnet18].
+    #[arg(long, value_name = "DIR")]
+    model_dir: Option<std::path::PathBuf>,
+    /// Comma-separated batch sizes [example default: 1,8,32].
+    #[arg(long, value_delimiter = ',')]
+    batch_sizes: Vec<usize>,
+    /// Seconds of measured passes per cell [example default: 3].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Threads one forward pass may use [example default: each library's].
+    #[arg(long)]
+    intra_op_threads: Option<usize>,
+}
+
+impl EnginesArgs {
+    fn forwarded(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(dir) = &self.model_dir {
+            args.extend(["--model-dir".to_string(), dir.display().to_string()]);
+        }
+        if !self.batch_sizes.is_empty() {
+            let sizes: Vec<String> = self.batch_sizes.iter().map(usize::to_string).collect();
+            args.extend(["--batch-sizes".to_string(), sizes.join(",")]);
+        }
+        if let Some(seconds) = self.seconds {
+            args.extend(["--seconds".to_string(), seconds.to_string()]);
+        }
+        if let Some(threads) = self.intra_op_threads {
+            args.extend(["--intra-op-threads".to_string(), threads.to_string()]);
+        }
+        args
+    }
 }
 
 /// Flags left unset take the example's defaults, so they are written down in one place.
@@ -62,18 +101,33 @@ impl BatchingArgs {
 
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     match &args.bench {
-        Bench::Batching(batching) => run_example("bench_batching", &batching.forwarded()),
+        Bench::Batching(batching) => run_example("bench_batching", &batching.forwarded(), None),
+        Bench::Engines(engines) => {
+            let runtimes = crate::setup::ensure_installed()?;
+            if engines.model_dir.is_none() {
+                crate::export::ensure_resnet18(&runtimes)?;
+            }
+            run_example("bench_engines", &engines.forwarded(), Some(&runtimes))
+        }
     }
 }
 
-/// Builds and runs a server example in release mode, its output straight to the terminal.
-fn run_example(example: &str, args: &[String]) -> Result<()> {
+/// Builds and runs a server example in release mode, its output straight to the terminal;
+/// with `runtimes`, every backend is compiled in.
+fn run_example(
+    example: &str,
+    args: &[String],
+    runtimes: Option<&crate::setup::Runtimes>,
+) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
+    command.args(["run", "--release", "-p", "inference-server"]);
+    if let Some(runtimes) = runtimes {
+        command.args(["--features", "ort,tch"]);
+        command.envs(runtimes.build_env());
+    }
     command
-        .args(["run", "--release", "-p", "inference-server", "--example"])
-        .arg(example)
-        .arg("--")
+        .args(["--example", example, "--"])
         .args(args)
         .current_dir(workspace_root());
     let line = display(&command);
@@ -94,6 +148,20 @@ mod tests {
     #[test]
     fn unset_flags_are_left_to_the_example() {
         assert!(BatchingArgs::default().forwarded().is_empty());
+        assert!(EnginesArgs::default().forwarded().is_empty());
+    }
+
+    #[test]
+    fn engine_flags_are_forwarded() {
+        let args = EnginesArgs {
+            batch_sizes: vec![1, 4],
+            seconds: Some(0.5),
+            ..EnginesArgs::default()
+        };
+        assert_eq!(
+            args.forwarded(),
+            ["--batch-sizes", "1,4", "--seconds", "0.5"]
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! `cargo xtask export-models`: regenerates the example model files with the setup venv;
 //! with `--resnet18`, generates the ResNet-18 model directory instead.
 
-use crate::process::{Steps, run_streamed, workspace_root};
+use crate::process::{Steps, format_duration, run_streamed, workspace_root};
 use crate::setup::{self, Pin, Runtimes};
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 /// The exporter, relative to the workspace root; it writes next to itself by default.
 const EXPORT_SCRIPT: &str = "models/example/export.py";
@@ -98,4 +99,18 @@ fn imports_work(python: &Path, imports: &str) -> bool {
         .args(["-c", imports])
         .output()
         .is_ok_and(|output| output.status.success())
+}
+
+/// Exports ResNet-18 when its folder has no `model.toml`: the full run's tests need it
+/// (`REQUIRE_RESNET18`), and an existing export is kept, as exporting takes minutes.
+pub(crate) fn ensure_resnet18(runtimes: &Runtimes) -> Result<()> {
+    let manifest = workspace_root().join(RESNET18_DIR).join("model.toml");
+    if manifest.is_file() {
+        return Ok(());
+    }
+    eprintln!("==> export: {} is missing", manifest.display());
+    let started = Instant::now();
+    export_resnet18(runtimes).context("step `export ResNet-18` failed")?;
+    eprintln!("<== export done in {}", format_duration(started.elapsed()));
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: formatting, lints and tests, with every backend that builds here.
 
-use crate::export::{self, RESNET18_DIR};
+use crate::export;
 use crate::process::{format_duration, workspace_root};
 use crate::setup::{self, Runtimes};
 use anyhow::{Context, Result, bail};
@@ -93,7 +93,7 @@ pub(crate) fn run(args: &TestArgs) -> Result<()> {
         for (name, value) in runtimes.build_env() {
             eprintln!("env {name}={}", value.display());
         }
-        ensure_resnet18(&runtimes)?;
+        export::ensure_resnet18(&runtimes)?;
     }
     let timings = run_steps(&steps, &mut commands)?;
     if !args.quick {
@@ -128,20 +128,6 @@ fn timed_setup() -> Result<Runtimes> {
     let runtimes = setup::ensure_installed().context("step `setup` failed")?;
     eprintln!("<== setup done in {}", format_duration(started.elapsed()));
     Ok(runtimes)
-}
-
-/// Exports ResNet-18 when its folder has no `model.toml`: the full run's tests need it
-/// (`REQUIRE_RESNET18`), and an existing export is kept, as exporting takes minutes.
-fn ensure_resnet18(runtimes: &Runtimes) -> Result<()> {
-    let manifest = workspace_root().join(RESNET18_DIR).join("model.toml");
-    if manifest.is_file() {
-        return Ok(());
-    }
-    eprintln!("==> export: {} is missing", manifest.display());
-    let started = Instant::now();
-    export::export_resnet18(runtimes).context("step `export ResNet-18` failed")?;
-    eprintln!("<== export done in {}", format_duration(started.elapsed()));
-    Ok(())
 }
 
 /// The same variables on every step, so cargo never rebuilds torch-sys between them.
