@@ -72,6 +72,17 @@ pub struct ServerConfig {
     pub drain_timeout_secs: f64,
     /// Largest picture accepted, in pixels (width × height), checked before decoding.
     pub max_image_pixels: u64,
+    /// How long a client may take to send a request's headers, in seconds.
+    pub header_read_timeout_secs: f64,
+    /// How long a client may take to send a request's body, in seconds (408 past it).
+    pub body_read_timeout_secs: f64,
+    /// How long an idle keep-alive connection stays open, in seconds.
+    pub keep_alive_timeout_secs: f64,
+    /// Most open client connections; more wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// Most bytes of request bodies held at once by inference requests, read or queued;
+    /// more get 429, so memory is bounded in bytes and not only in requests.
+    pub max_in_flight_bytes: usize,
 }
 
 /// 40 megapixels: larger than any camera photo a classifier needs, far below a bomb.
@@ -135,6 +146,8 @@ pub struct BatchingConfig {
     pub default_timeout_secs: Option<f64>,
     /// Seconds a waiting row takes to gain one priority level, so low priorities never starve.
     pub priority_aging_secs: f64,
+    /// Requests may ask for priority 0 (the default) up to `priority_levels - 1`.
+    pub priority_levels: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -156,6 +169,11 @@ impl Default for ServerConfig {
             max_concurrent_requests: 1024,
             drain_timeout_secs: 30.0,
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+            header_read_timeout_secs: 10.0,
+            body_read_timeout_secs: 30.0,
+            keep_alive_timeout_secs: 60.0,
+            max_connections: 8192,
+            max_in_flight_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -183,6 +201,7 @@ impl Default for BatchingConfig {
             max_queue_size: scheduler.max_queue_size,
             default_timeout_secs: scheduler.default_timeout.map(|t| t.as_secs_f64()),
             priority_aging_secs: scheduler.priority_aging.as_secs_f64(),
+            priority_levels: 3,
         }
     }
 }
@@ -276,6 +295,15 @@ impl Config {
                 self.server.max_concurrent_requests,
             ),
             ("server.max_body_bytes", self.server.max_body_bytes),
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.max_in_flight_bytes",
+                self.server.max_in_flight_bytes,
+            ),
+            (
+                "batching.priority_levels",
+                self.batching.priority_levels as usize,
+            ),
         ];
         if let Some((key, value)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::invalid(key, value, "must be at least 1"));
@@ -296,6 +324,18 @@ impl Config {
             (
                 "server.drain_timeout_secs",
                 Some(self.server.drain_timeout_secs),
+            ),
+            (
+                "server.header_read_timeout_secs",
+                Some(self.server.header_read_timeout_secs),
+            ),
+            (
+                "server.body_read_timeout_secs",
+                Some(self.server.body_read_timeout_secs),
+            ),
+            (
+                "server.keep_alive_timeout_secs",
+                Some(self.server.keep_alive_timeout_secs),
             ),
         ];
         for (key, value) in seconds {
@@ -355,6 +395,18 @@ impl Config {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.server.drain_timeout_secs)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.server.header_read_timeout_secs)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.server.body_read_timeout_secs)
+    }
+
+    pub fn keep_alive_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.server.keep_alive_timeout_secs)
     }
 }
 

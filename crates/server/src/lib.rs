@@ -14,19 +14,18 @@ pub mod processing;
 pub mod repository;
 pub mod responses;
 pub mod routes;
+pub mod serve;
 pub mod state;
 pub mod telemetry;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use std::future::Future;
-use std::net::SocketAddr;
-use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub use config::{Cli, Config};
+pub use serve::{run, serve_until, shutdown_signal};
 pub use state::{AppState, StartupError};
 
 /// The application router with every endpoint and middleware.
@@ -94,81 +93,6 @@ fn panic_response(panic: Box<dyn std::any::Any + Send>) -> axum::response::Respo
     let message = inference_core::panic_message(&*panic);
     tracing::error!(%message, "a request handler panicked");
     error::ApiError::Internal(format!("internal error: {message}")).into_response()
-}
-
-/// Serves `state` on `listener` until `shutdown` resolves, then stops accepting, lets
-/// in-flight requests finish within the configured drain timeout, and drains the queues.
-pub async fn serve_until(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let drain = state.config().drain_timeout();
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutdown signal received: draining in-flight requests");
-        let _ = signalled_tx.send(());
-    });
-    let server = tokio::spawn(async move { server.await });
-    let result = tokio::select! {
-        joined = server => joined.map_err(std::io::Error::other)?,
-        () = async {
-            // Only a signalled shutdown starts the drain clock.
-            if signalled_rx.await.is_ok() {
-                tokio::time::sleep(drain).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        } => {
-            tracing::warn!(?drain, "drain timeout passed with requests still in flight");
-            Ok(())
-        }
-    };
-    state.shutdown().await;
-    result
-}
-
-/// Listens at once, loads the repository's models in the background, and serves until
-/// SIGINT or SIGTERM.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let addr = format!("{}:{}", config.server.host, config.server.port);
-    let state = AppState::start(config)?;
-    let listener = TcpListener::bind(&addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    let local: SocketAddr = listener.local_addr()?;
-    tracing::info!(
-        address = %local,
-        models = ?state.model_names(),
-        default_model = state.default_model_name(),
-        "listening on http://{local}"
-    );
-    serve_until(listener, state, shutdown_signal()).await?;
-    tracing::info!("shut down cleanly");
-    Ok(())
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {},
-        () = terminate => {},
-    }
 }
 
 #[cfg(test)]

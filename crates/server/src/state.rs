@@ -12,6 +12,7 @@ use inference_core::{Batch, EngineError, EngineInfo, InferenceEngine, ModelManif
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -71,6 +72,8 @@ struct Inner {
     /// Serializes loads, reloads and unloads, so two cannot race on one model.
     management: tokio::sync::Mutex<()>,
     started: Instant,
+    /// Set once a shutdown signal arrived: readiness fails and new requests are refused.
+    draining: AtomicBool,
 }
 
 /// Why the server could not start; printed as one line.
@@ -131,6 +134,7 @@ impl AppState {
                 default_model,
                 management: tokio::sync::Mutex::new(()),
                 started: Instant::now(),
+                draining: AtomicBool::new(false),
             }),
         }
     }
@@ -327,6 +331,16 @@ impl AppState {
     /// A permit for one inference request, or `None` when the limit is reached.
     pub fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.inner.in_flight).try_acquire_owned().ok()
+    }
+
+    /// Marks the server as shutting down: from now on `/health` answers 503 and new
+    /// inference requests are refused with 503, while those already admitted finish.
+    pub fn begin_drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
     }
 
     pub fn config(&self) -> &Config {
