@@ -1,7 +1,7 @@
 //! `cargo xtask gpu-check`: runs every backend's conformance suite on a CUDA GPU and prints
 //! the per-batch timings that the suite measures.
 //!
-//! For each of tch, ort and candle it runs, with `INFERENCE_TEST_DEVICE=cuda`,
+//! For each of tch, ort and candle it runs, with `CONFORMANCE_DEVICE=cuda`,
 //! `cargo test --release -p inference-backend-<name> --features cuda --test conformance
 //! -- --nocapture --test-threads 1`, goes on past a failing backend, and ends with one table.
 //! What the CUDA builds need beyond `cargo xtask setup`:
@@ -44,7 +44,7 @@ const CUDA_LINK_DIR: &str = "cuda-link";
 /// Written last, so its presence means the install completed.
 const ORT_GPU_STAMP: &str = "gpu-check.stamp";
 /// The environment variable the conformance suite reads its device from.
-const DEVICE_VAR: &str = "INFERENCE_TEST_DEVICE";
+const DEVICE_VAR: &str = "CONFORMANCE_DEVICE";
 /// The prefix of the suite's timing lines (`inference_core::conformance::TimingLine`).
 const TIMING_PREFIX: &str = "conformance-timing ";
 /// Where the driver's library may live when `ldconfig` does not list it; the toolkit stub

@@ -1,5 +1,5 @@
 //! The shared conformance suite (inference_core::conformance) against the candle backend, on
-//! the device that `INFERENCE_TEST_DEVICE` names (default `cpu`).
+//! the device that `CONFORMANCE_DEVICE` names (default `cpu`).
 
 use inference_core::EngineOptions;
 use inference_core::conformance::{example_manifest, test_device};

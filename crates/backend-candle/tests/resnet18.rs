@@ -1,6 +1,6 @@
 //! torchvision's ResNet-18 built by candle from safetensors (`[candle] architecture =
 //! "resnet"`) against eager PyTorch's logits (batches of 1, 8 and 32, and real images), on
-//! the device that `INFERENCE_TEST_DEVICE` names (default `cpu`). Skips when `cargo xtask
+//! the device that `CONFORMANCE_DEVICE` names (default `cpu`). Skips when `cargo xtask
 //! export-models --resnet18` has not been run, unless `REQUIRE_RESNET18=1`.
 
 inference_core::resnet18_suite!(inference_backend_candle::load);

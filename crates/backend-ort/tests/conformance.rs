@@ -1,5 +1,5 @@
 //! The core conformance suite against the example model on ONNX Runtime, on the device that
-//! `INFERENCE_TEST_DEVICE` names (default `cpu`).
+//! `CONFORMANCE_DEVICE` names (default `cpu`).
 //!
 //! Needs the ONNX Runtime library (`ORT_DYLIB_PATH`, or what `cargo xtask setup` installs);
 //! without it every test fails with the load error, which names the fix.

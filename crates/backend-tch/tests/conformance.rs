@@ -1,6 +1,6 @@
 //! The core conformance suite (golden outputs of the eager PyTorch model at several batch
 //! sizes, concurrent batches, input validation, health) against the tch engine, on the
-//! device that `INFERENCE_TEST_DEVICE` names (default `cpu`).
+//! device that `CONFORMANCE_DEVICE` names (default `cpu`).
 
 use inference_core::EngineOptions;
 use inference_core::conformance::{example_manifest, test_device};

@@ -1,5 +1,5 @@
 //! torchvision's ResNet-18 as TorchScript through tch against eager PyTorch's logits
-//! (batches of 1, 8 and 32, and real images), on the device that `INFERENCE_TEST_DEVICE`
+//! (batches of 1, 8 and 32, and real images), on the device that `CONFORMANCE_DEVICE`
 //! names (default `cpu`). Skips when `cargo xtask export-models --resnet18` has not been
 //! run, unless `REQUIRE_RESNET18=1`.
 

@@ -14,8 +14,8 @@
 //! The expected outputs come from `golden.toml`, written by `models/example/export.py` from
 //! the eager PyTorch model, so every backend is compared with the same reference.
 //!
-//! The device comes from `INFERENCE_TEST_DEVICE` (default `cpu`), so the same tests run on a
-//! GPU with `INFERENCE_TEST_DEVICE=cuda`. The golden check prints one `timing` line per batch
+//! The device comes from `CONFORMANCE_DEVICE` (default `cpu`), so the same tests run on a
+//! GPU with `CONFORMANCE_DEVICE=cuda`. The golden check prints one `timing` line per batch
 //! size to stderr (see [`TimingLine`]); those are measurements, never assertions.
 //!
 //! The same checks for torchvision's ResNet-18, when it is exported, are in `resnet.rs`
@@ -41,7 +41,7 @@ pub const TOLERANCE: f64 = 1e-5;
 pub const BATCH_SIZES: [usize; 5] = [1, 2, 7, 32, 64];
 
 /// Names the device every backend's conformance suite loads its engine on.
-pub const DEVICE_VAR: &str = "INFERENCE_TEST_DEVICE";
+pub const DEVICE_VAR: &str = "CONFORMANCE_DEVICE";
 
 /// Overrides [`example_model_dir`], for test binaries run from another checkout (a GPU
 /// machine that gets prebuilt binaries).
@@ -50,7 +50,7 @@ pub const MODEL_DIR_VAR: &str = "INFERENCE_EXAMPLE_MODEL_DIR";
 /// Timed `infer` calls per batch size in the golden check, after one untimed warmup call.
 pub const TIMED_RUNS: usize = 5;
 
-/// The device the conformance suite runs on: `$INFERENCE_TEST_DEVICE`, else `cpu`.
+/// The device the conformance suite runs on: `$CONFORMANCE_DEVICE`, else `cpu`.
 pub fn test_device() -> String {
     device_from(std::env::var(DEVICE_VAR).ok())
 }

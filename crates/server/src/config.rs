@@ -8,7 +8,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use inference_core::scheduler::SchedulerConfig;
 use inference_core::{EngineOptions, ModelBatching};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The configuration file read when `--config` is not given (if it exists).
@@ -352,20 +352,9 @@ impl Config {
         Ok(())
     }
 
-    /// The model directory, resolved: a relative path that does not exist under the working
-    /// directory is tried under the repository root, so the example model is found from
-    /// anywhere inside a checkout.
+    /// The model directory, relative to the working directory when not absolute.
     pub fn model_dir(&self) -> PathBuf {
-        let dir = &self.models.dir;
-        if dir.is_relative() && !dir.exists() {
-            let in_repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../..")
-                .join(dir);
-            if in_repo.exists() {
-                return in_repo;
-            }
-        }
-        dir.clone()
+        self.models.dir.clone()
     }
 
     pub fn engine_options(&self) -> EngineOptions {
@@ -410,12 +399,24 @@ impl Config {
     }
 }
 
-/// `INFERENCE_…` variables, nested by `__`. `INFERENCE_RUNTIME_DIR` belongs to the runtime
-/// setup (`cargo xtask setup`, the ort backend), not to this configuration.
+/// `INFERENCE_<SECTION>__<KEY>` variables. Every key lives in a section, so a variable
+/// without `__` cannot be configuration (`INFERENCE_RUNTIME_DIR` is the runtime setup's) and
+/// is left alone; [`ignored_environment`] names them for a warning.
 fn environment() -> Env {
     Env::prefixed("INFERENCE_")
+        .filter(|key| key.as_str().contains("__"))
         .split("__")
-        .ignore(&["runtime_dir"])
+}
+
+/// The `INFERENCE_…` variables of this process that are not read as configuration.
+pub fn ignored_environment() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| {
+            name.strip_prefix("INFERENCE_")
+                .is_some_and(|key| !key.contains("__"))
+        })
+        .collect()
 }
 
 fn quoted(value: &str) -> String {
@@ -649,6 +650,39 @@ mod tests {
             jail.set_env("INFERENCE_BATCHING__MAX_BATCH_SIZE", "0");
             let err = load(&Cli::default()).unwrap_err().to_string();
             assert!(err.contains("batching.max_batch_size"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn variables_outside_a_section_are_not_configuration() {
+        Jail::expect_with(|jail| {
+            jail.set_env("INFERENCE_TEST_DEVICE", "cuda");
+            jail.set_env("INFERENCE_RUNTIME_DIR", "/elsewhere");
+            jail.set_env("INFERENCE_SERVER__PORT", "9000");
+            let config = load(&Cli::default()).unwrap();
+            assert_eq!(config.server.port, 9000);
+            let ignored = ignored_environment();
+            assert!(
+                ignored.contains(&"INFERENCE_TEST_DEVICE".to_string()),
+                "{ignored:?}"
+            );
+            assert!(
+                !ignored.iter().any(|name| name.contains("__")),
+                "{ignored:?}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_relative_model_dir_is_relative_to_the_working_directory_only() {
+        Jail::expect_with(|jail| {
+            // `models` exists in the source checkout this test was built from, not here.
+            let config = load(&Cli::default()).unwrap();
+            assert_eq!(config.model_dir(), PathBuf::from("models"));
+            assert!(!jail.directory().join("models").exists());
+            assert!(!config.model_dir().exists());
             Ok(())
         });
     }

@@ -12,6 +12,9 @@ fn main() -> ExitCode {
         }
     };
     inference_server::telemetry::init(&config.log);
+    for name in inference_server::config::ignored_environment() {
+        tracing::warn!(variable = %name, "not configuration (those are INFERENCE_<SECTION>__<KEY>): ignored");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
