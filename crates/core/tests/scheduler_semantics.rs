@@ -474,7 +474,7 @@ async fn a_panicking_batch_fails_only_its_requests_and_the_worker_continues() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_backend_error_fails_its_batch_mates_and_nothing_else() {
+async fn a_backend_error_fails_only_the_request_whose_rows_fail_alone() {
     let engine = Arc::new(FakeEngine::new().fail_on(13.0));
     let scheduler = start(&engine, config(2));
     let running = occupy(&engine, &scheduler).await;
@@ -483,18 +483,18 @@ async fn a_backend_error_fails_its_batch_mates_and_nothing_else() {
     let next = enqueue(&scheduler, request(&[7.0], 0)).await;
     engine.release();
     answer(running).await.unwrap();
-    for handle in [doomed, mate] {
-        assert!(matches!(answer(handle).await, Err(EngineError::Backend(_))));
-    }
+    assert!(matches!(answer(doomed).await, Err(EngineError::Backend(_))));
+    assert_eq!(answer(mate).await.unwrap().outputs, outputs_for(&[5.0]));
     assert_eq!(answer(next).await.unwrap().outputs, outputs_for(&[7.0]));
+    // The merged batch failed, then each request's rows ran on their own.
     assert_eq!(
         engine.batches(),
-        vec![vec![0.0], vec![13.0, 5.0], vec![7.0]]
+        vec![vec![0.0], vec![13.0, 5.0], vec![13.0], vec![5.0], vec![7.0]]
     );
     let stats = scheduler.stats();
     assert_eq!(
-        (stats.errors, stats.requests_failed, stats.batches_processed),
-        (1, 2, 2)
+        (stats.errors, stats.requests_failed, stats.requests_processed),
+        (2, 1, 3)
     );
 }
 

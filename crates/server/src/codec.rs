@@ -291,6 +291,26 @@ fn convert(leaves: &[&Number], shape: Vec<usize>, dtype: DType) -> Result<Tensor
     tensor.map_err(|e| e.to_string())
 }
 
+/// Why a row's outputs cannot be answered in JSON: the first NaN or infinite value, named
+/// by output and position. `None` when every value is finite.
+pub fn non_finite_output(model: &ModelSpec, sample: &Sample) -> Option<String> {
+    model
+        .outputs
+        .iter()
+        .zip(&sample.tensors)
+        .find_map(|(spec, tensor)| {
+            let values = match tensor.dtype() {
+                DType::F16 | DType::BF16 | DType::F32 | DType::F64 => tensor.to_f64_vec()?,
+                _ => return None,
+            };
+            let (position, value) = values.iter().enumerate().find(|(_, v)| !v.is_finite())?;
+            Some(format!(
+                "the model produced {value} at element {position} of output '{}', which JSON cannot carry",
+                spec.name
+            ))
+        })
+}
+
 /// One row's outputs, serialized as the original framework's clients expect: the nested
 /// list of a single output, or an object keyed by output name for several.
 #[derive(Debug, Clone)]

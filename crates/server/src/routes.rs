@@ -63,6 +63,7 @@ fn default_simple_input() -> Value {
 #[derive(Debug)]
 struct Outcome {
     predictions: Vec<Option<Prediction>>,
+    /// Per failed index, in index order, the sentence that says why.
     failures: Vec<(usize, String)>,
     /// Per input index: enqueue to result, in milliseconds (`None` for a failed sample).
     row_times_ms: Vec<Option<f64>>,
@@ -79,12 +80,8 @@ impl Outcome {
             successful_predictions: self.predictions.len() - failed,
             failed_predictions: failed,
             failed_indices: (failed > 0).then(|| self.failures.iter().map(|(i, _)| *i).collect()),
-            failure_reasons: (failed > 0).then(|| {
-                self.failures
-                    .iter()
-                    .map(|(i, reason)| format!("Input validation failed for index {i}: {reason}"))
-                    .collect()
-            }),
+            failure_reasons: (failed > 0)
+                .then(|| self.failures.iter().map(|(_, reason)| reason.clone()).collect()),
             processing_time: self.processing,
         }
     }
@@ -197,24 +194,28 @@ async fn infer_decoded(
     let count = decoded.len();
     let mut valid = Vec::with_capacity(count);
     let mut valid_indices = Vec::with_capacity(count);
-    let mut failures = Vec::new();
+    let mut invalid = Vec::new();
     for (index, sample) in decoded.into_iter().enumerate() {
         match sample {
             Ok(sample) => {
                 valid.push(sample);
                 valid_indices.push(index);
             }
-            Err(reason) => failures.push((index, reason)),
+            Err(reason) => invalid.push((index, reason)),
         }
     }
     if valid.is_empty() {
         return Err(ApiError::UnprocessableList(
-            failures
+            invalid
                 .into_iter()
                 .map(|(i, reason)| format!("input {i}: {reason}"))
                 .collect(),
         ));
     }
+    let mut failures: Vec<(usize, String)> = invalid
+        .into_iter()
+        .map(|(i, reason)| (i, format!("Input validation failed for index {i}: {reason}")))
+        .collect();
     let preprocessing = started.elapsed();
 
     let response = model
@@ -234,6 +235,15 @@ async fn infer_decoded(
         .zip(response.outputs)
         .zip(&response.row_latencies)
     {
+        // JSON has no NaN or infinity: such an output is this sample's failure, never a
+        // `null` inside a successful answer.
+        if let Some(reason) = crate::codec::non_finite_output(spec, &output) {
+            failures.push((
+                *index,
+                format!("Inference failed for index {index}: {reason}"),
+            ));
+            continue;
+        }
         let mut prediction = Prediction::new(spec, output);
         if let Some(classification) = &model.processing.classification {
             prediction = prediction.classify(classification);
@@ -242,6 +252,11 @@ async fn infer_decoded(
         row_times_ms[*index] = Some(millis(*latency));
     }
     let postprocessing = post_started.elapsed();
+    if predictions.iter().all(Option::is_none) {
+        let reasons: Vec<String> = failures.into_iter().map(|(_, reason)| reason).collect();
+        return Err(ApiError::Internal(reasons.join("; ")));
+    }
+    failures.sort_by_key(|(index, _)| *index);
     Ok(Outcome {
         predictions,
         failures,

@@ -16,8 +16,9 @@
 //!   `priority_aging` so lower levels are never starved;
 //! - rows of a request whose deadline passed or whose caller went away are removed and
 //!   never computed afterwards;
-//! - a backend error or panic fails only the requests with rows in that batch (all of each
-//!   such request, even rows that rode in other batches) and the worker keeps serving;
+//! - a backend error or panic fails only the requests whose own rows fail: a failed batch
+//!   of several requests runs each request's rows again on their own, and a request that
+//!   fails then fails whole (even rows that rode in other batches); the worker keeps serving;
 //! - every accepted request gets exactly one answer.
 
 mod queue;
@@ -482,19 +483,13 @@ impl Shared {
         let size = claimed.len();
         let batch_id = self.next_batch_id.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = match Batch::stack(&claimed.samples) {
-            Ok(batch) => self.infer(batch, size).await,
-            Err(err) => Err(EngineError::Backend(format!(
-                "cannot stack the batch: {err}"
-            ))),
-        };
+        let outcome = self.stack_and_infer(&claimed.samples).await;
         let run = BatchRun {
             id: batch_id,
             size,
             started,
             finished: Instant::now(),
         };
-        claimed.samples.clear();
 
         match outcome {
             Ok(outputs) => {
@@ -504,14 +499,71 @@ impl Shared {
                 }
             }
             Err(error) => {
-                tracing::error!(%error, rows = size, "engine batch failed");
                 lock(&self.counters).errors += 1;
-                for request in claimed.requests() {
-                    self.finish(&request, Ending::Failed(error.clone()));
+                let requests = claimed.requests();
+                if requests.len() > 1 && error.kind() != crate::ErrorKind::Unavailable {
+                    // One request's rows may be what breaks the batch: retry each request's
+                    // rows on their own so only the culprit fails.
+                    tracing::warn!(%error, rows = size, requests = requests.len(),
+                        "engine batch failed; retrying each request's rows alone");
+                    for request in requests {
+                        self.run_alone(claimed, &request).await;
+                    }
+                } else {
+                    tracing::error!(%error, rows = size, "engine batch failed");
+                    for request in requests {
+                        self.finish(&request, Ending::Failed(error.clone()));
+                    }
                 }
             }
         }
+        claimed.samples.clear();
         claimed.rows.clear();
+    }
+
+    /// Runs the rows of `request` held in `claimed` as a batch of their own, after the
+    /// batch they rode in failed; answers for them either way.
+    async fn run_alone(&self, claimed: &Claimed, request: &Arc<Pending>) {
+        if request.is_settled() {
+            return;
+        }
+        let (rows, samples): (Vec<&queue::RowRef>, Vec<Sample>) = claimed
+            .rows
+            .iter()
+            .zip(&claimed.samples)
+            .filter(|(row, _)| Arc::ptr_eq(&row.request, request))
+            .map(|(row, sample)| (row, sample.clone()))
+            .unzip();
+        let started = Instant::now();
+        let outcome = self.stack_and_infer(&samples).await;
+        let run = BatchRun {
+            id: self.next_batch_id.fetch_add(1, Ordering::Relaxed),
+            size: samples.len(),
+            started,
+            finished: Instant::now(),
+        };
+        match outcome {
+            Ok(outputs) => {
+                lock(&self.counters).record_batch(run.size, run.finished - run.started);
+                for (row, output) in rows.iter().zip(outputs) {
+                    self.deliver(&row.request, row.index, output, &run);
+                }
+            }
+            Err(error) => {
+                lock(&self.counters).errors += 1;
+                tracing::error!(%error, rows = run.size, "engine batch failed on its own");
+                self.finish(request, Ending::Failed(error));
+            }
+        }
+    }
+
+    async fn stack_and_infer(&self, samples: &[Sample]) -> Result<Vec<Sample>, EngineError> {
+        match Batch::stack(samples) {
+            Ok(batch) => self.infer(batch, samples.len()).await,
+            Err(err) => Err(EngineError::Backend(format!(
+                "cannot stack the batch: {err}"
+            ))),
+        }
     }
 
     /// Runs the engine on its own task, so that a panic in any engine's `infer` fails this
