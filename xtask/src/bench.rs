@@ -112,9 +112,22 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
 }
 
+/// Builds the release `inference-server` binary that a load example starts as a child
+/// process (it finds the binary next to its own folder), in one invocation with the
+/// example: both then share one feature set, and `run_example` has nothing left to build.
+pub(crate) fn build_release_server(example: &str) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--release", "-p", "inference-server"])
+        .args(["--bin", "inference-server", "--example", example])
+        .current_dir(workspace_root());
+    run_to_end(&mut command)
+}
+
 /// Builds and runs a server example in release mode, its output straight to the terminal;
 /// with `runtimes`, every backend is compiled in.
-fn run_example(
+pub(crate) fn run_example(
     example: &str,
     args: &[String],
     runtimes: Option<&crate::setup::Runtimes>,
@@ -130,7 +143,12 @@ fn run_example(
         .args(["--example", example, "--"])
         .args(args)
         .current_dir(workspace_root());
-    let line = display(&command);
+    run_to_end(&mut command)
+}
+
+/// Runs `command` with its output straight to the terminal; fails on a non-zero exit.
+fn run_to_end(command: &mut Command) -> Result<()> {
+    let line = display(command);
     eprintln!("==> {line}");
     let status = command
         .status()

@@ -10,6 +10,7 @@ mod export;
 mod gpu;
 mod process;
 mod setup;
+mod soak;
 mod test;
 
 use anyhow::Result;
@@ -35,6 +36,9 @@ enum Task {
     ExportModels(export::ExportArgs),
     /// Benchmarks in release mode, e.g. `bench batching`: merged versus unmerged batching.
     Bench(bench::BenchArgs),
+    /// Runs mixed traffic against the release server for `--mins N` and fails on a lost
+    /// request or a resource (memory, descriptors, threads, queue) that keeps growing.
+    Soak(soak::SoakArgs),
     /// Runs the seed page's Python and JavaScript clients, unmodified, against the server.
     CheckClients,
     /// Proves that every backend's CUDA code compiles, with nvcc from PyPI and no GPU (slow).
@@ -61,6 +65,7 @@ fn run(task: Task) -> Result<()> {
         Task::Test(args) => test::run(&args),
         Task::ExportModels(args) => export::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Soak(args) => soak::run(&args),
         Task::CheckClients => clients::run(),
         Task::CheckCuda(args) => cuda::run(&args),
         Task::GpuCheck(args) => gpu::run(&args),

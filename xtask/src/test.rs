@@ -95,15 +95,34 @@ pub(crate) fn run(args: &TestArgs) -> Result<()> {
         }
         export::ensure_resnet18(&runtimes)?;
     }
-    let timings = run_steps(&steps, &mut commands)?;
+    let mut timings = run_steps(&steps, &mut commands)?;
     if !args.quick {
         crate::clients::run().context("step `check-clients` failed")?;
     }
+    timings.push(soak_step()?);
     for (name, took) in timings {
         eprintln!("  {name:<7} {}", format_duration(took));
     }
     eprintln!("all {} steps passed", steps.len());
     Ok(())
+}
+
+/// Minutes of the soak every test run includes: every kind of traffic, a dozen bursts past
+/// capacity and enough samples per quarter to compare, in about half a minute.
+const SOAK_MINS: f64 = 0.5;
+
+/// A bounded `cargo xtask soak` (release server, candle only), timed like the cargo steps.
+fn soak_step() -> Result<(&'static str, Duration)> {
+    eprintln!("==> soak: {SOAK_MINS} min of mixed traffic against the release server");
+    let started = Instant::now();
+    let args = crate::soak::SoakArgs {
+        mins: SOAK_MINS,
+        out: None,
+    };
+    crate::soak::run(&args).context("step `soak` failed")?;
+    let took = started.elapsed();
+    eprintln!("<== soak passed in {}", format_duration(took));
+    Ok(("soak", took))
 }
 
 fn cargo_commands(steps: &[CargoStep]) -> Vec<Command> {
