@@ -185,6 +185,7 @@ fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
     let (width, height, jpeg_frame) = match format {
         Format::Png => {
             let (width, height) = png_dimensions(bytes)?;
+            check_png_palette(bytes)?;
             (width, height, None)
         }
         Format::Jpeg => {
@@ -195,6 +196,7 @@ fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
     check_pixels(width, height, max_pixels)?;
     if let Some(frame) = jpeg_frame {
         check_jpeg_end(frame)?;
+        check_jpeg_sampling(frame)?;
     }
 
     // The header was read by hand above; these limits hold the decoders to it, so a file
@@ -271,6 +273,28 @@ fn png_dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
     Ok((width, height))
 }
 
+/// Refuses a palette (PLTE chunk) that is not a whole number of RGB entries, or holds more
+/// than 256 of them, which the PNG standard calls an error: png 0.18 indexes past such
+/// a palette and panics instead of reporting it. Only the chunks before the image data are
+/// read, as the decoder reads the palette there; a chunk cut short is left to the decoder.
+fn check_png_palette(bytes: &[u8]) -> Result<(), ImageError> {
+    // The chunks start after the 8-byte signature; each is length (4), type (4), data, CRC (4).
+    let mut at = 8;
+    while let Some(header) = bytes.get(at..).and_then(|rest| rest.get(..8)) {
+        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        match &header[4..8] {
+            b"IDAT" | b"IEND" => break,
+            b"PLTE" if length == 0 || !length.is_multiple_of(3) || length > 3 * 256 => {
+                return Err(ImageError::Corrupt(format!(
+                    "the PNG palette has {length} bytes, not 1 to 256 RGB entries of 3 bytes"
+                )));
+            }
+            _ => at = at.saturating_add(12).saturating_add(length),
+        }
+    }
+    Ok(())
+}
+
 /// Walks a JPEG's marker segments up to the first start-of-frame (SOF) marker and reads the
 /// size from it; also returns where that marker is.
 fn jpeg_dimensions(bytes: &[u8]) -> Result<(u32, u32, usize), ImageError> {
@@ -325,6 +349,40 @@ fn jpeg_dimensions(bytes: &[u8]) -> Result<(u32, u32, usize), ImageError> {
         }
         at += 2 + length;
     }
+}
+
+/// Refuses a progressive JPEG in which a component is sampled more densely than the first
+/// one (which every common encoder makes the densest). zune-jpeg 0.5 sizes its upsampling
+/// buffer for progressive images by the first component only and panics on such a file.
+/// `frame` starts at the frame header's marker; a header cut short is left to the decoder.
+fn check_jpeg_sampling(frame: &[u8]) -> Result<(), ImageError> {
+    // SOF2, SOF6, SOF10 and SOF14 are the progressive frame types.
+    if frame
+        .get(1)
+        .is_none_or(|marker| ![0xC2, 0xC6, 0xCA, 0xCE].contains(marker))
+    {
+        return Ok(());
+    }
+    // Marker (2), length (2), precision (1), height (2), width (2), component count (1),
+    // then per component: identifier (1), sampling factors (horizontal << 4 | vertical), table.
+    let Some(&count) = frame.get(9) else {
+        return Ok(());
+    };
+    let Some(components) = frame.get(10..10 + 3 * usize::from(count)) else {
+        return Ok(());
+    };
+    let factors = |component: &[u8]| (component[1] >> 4, component[1] & 0x0F);
+    let mut chunks = components.chunks_exact(3);
+    let Some((first_h, first_v)) = chunks.next().map(factors) else {
+        return Ok(());
+    };
+    if chunks.map(factors).any(|(h, v)| h > first_h || v > first_v) {
+        return Err(ImageError::UnsupportedFormat(
+            "JPEG variant (progressive, with a component sampled more densely than the first)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The JPEG decoder fills a truncated scan with gray and reports success; Pillow refuses such
