@@ -7,6 +7,7 @@ mod bench;
 mod clients;
 mod cuda;
 mod export;
+mod fuzz;
 mod gpu;
 mod process;
 mod setup;
@@ -45,6 +46,8 @@ enum Task {
     CheckCuda(cuda::CheckCudaArgs),
     /// Runs every backend's conformance suite on a CUDA GPU and prints per-batch timings.
     GpuCheck(gpu::GpuCheckArgs),
+    /// Fuzzes the parsers of client bytes (AFL++ on stable), e.g. `fuzz --secs 60` per target.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn run(task: Task) -> Result<()> {
         Task::CheckClients => clients::run(),
         Task::CheckCuda(args) => cuda::run(&args),
         Task::GpuCheck(args) => gpu::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     }
 }
 
