@@ -19,6 +19,41 @@ enum Bench {
     /// In-process forward passes per second of one model (default: ResNet-18, exported
     /// when missing) on every backend, per batch size (release build, all backends).
     Engines(EnginesArgs),
+    /// Requests/s answered 200 by POST /predict under open-loop load at 0.5x, 1x, 2x and
+    /// 4x the measured closed-loop capacity (release build of the server binary).
+    Goodput(GoodputArgs),
+}
+
+/// Flags left unset take the example's defaults.
+#[derive(Debug, Default, clap::Args)]
+struct GoodputArgs {
+    /// Seconds of open-loop load per level [example default: 10].
+    #[arg(long)]
+    secs: Option<f64>,
+    /// Keep-alive connections of the open-loop generator [example default: 2000].
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Folder to write `goodput.json` to.
+    #[arg(long, value_name = "DIR")]
+    out: Option<std::path::PathBuf>,
+}
+
+impl GoodputArgs {
+    fn forwarded(&self) -> Result<Vec<String>> {
+        let mut args = Vec::new();
+        if let Some(secs) = self.secs {
+            args.extend(["--secs".to_string(), secs.to_string()]);
+        }
+        if let Some(connections) = self.connections {
+            args.extend(["--connections".to_string(), connections.to_string()]);
+        }
+        if let Some(dir) = &self.out {
+            // The example runs from the workspace root, not from where xtask was called.
+            let dir = std::path::absolute(dir)?;
+            args.extend(["--out".to_string(), dir.display().to_string()]);
+        }
+        Ok(args)
+    }
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -109,6 +144,10 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             }
             run_example("bench_engines", &engines.forwarded(), Some(&runtimes))
         }
+        Bench::Goodput(goodput) => {
+            build_release_server("bench_goodput")?;
+            run_example("bench_goodput", &goodput.forwarded()?, None)
+        }
     }
 }
 
@@ -167,6 +206,25 @@ mod tests {
     fn unset_flags_are_left_to_the_example() {
         assert!(BatchingArgs::default().forwarded().is_empty());
         assert!(EnginesArgs::default().forwarded().is_empty());
+        assert!(GoodputArgs::default().forwarded().unwrap().is_empty());
+    }
+
+    #[test]
+    fn goodput_flags_are_forwarded_with_an_absolute_out_dir() {
+        let args = GoodputArgs {
+            secs: Some(2.5),
+            connections: Some(100),
+            out: Some("results".into()),
+        };
+        let forwarded = args.forwarded().unwrap();
+        assert_eq!(
+            forwarded[..5],
+            ["--secs", "2.5", "--connections", "100", "--out"]
+        );
+        assert!(
+            std::path::Path::new(&forwarded[5]).is_absolute(),
+            "{forwarded:?}"
+        );
     }
 
     #[test]
