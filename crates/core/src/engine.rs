@@ -49,6 +49,17 @@ pub trait InferenceEngine: Send + Sync + std::fmt::Debug {
         Ok(started.elapsed())
     }
 
+    /// How many instances can run a batch now: fewer than `info().instances` while some
+    /// are being rebuilt after a failure, 0 when none can serve.
+    fn live_instances(&self) -> usize {
+        self.info().instances
+    }
+
+    /// Why instances are missing, while some are.
+    fn instance_failure(&self) -> Option<String> {
+        None
+    }
+
     /// Probes the engine with one zero sample.
     async fn health(&self) -> HealthReport {
         let started = Instant::now();

@@ -27,6 +27,9 @@ pub struct FakeEngine {
     delay: Duration,
     panic_on: Option<f32>,
     fail_on: Option<f32>,
+    hang_on: Option<f32>,
+    /// Extra sleep for batches of exactly this many rows.
+    slow_batch: Option<(usize, Duration)>,
     /// `true` while batches may pass; closed, they wait inside `infer` after being recorded.
     gate: watch::Sender<bool>,
     /// How many batches have entered `infer`.
@@ -77,6 +80,8 @@ impl FakeEngine {
             delay: Duration::ZERO,
             panic_on: None,
             fail_on: None,
+            hang_on: None,
+            slow_batch: None,
             gate: watch::Sender::new(true),
             entered: watch::Sender::new(0),
             seen: Mutex::new(Vec::new()),
@@ -110,6 +115,19 @@ impl FakeEngine {
     /// Fails with [`EngineError::Backend`] any batch holding a row whose first value is `value`.
     pub fn fail_on(mut self, value: f32) -> Self {
         self.fail_on = Some(value);
+        self
+    }
+
+    /// Never finishes a batch holding a row whose first value is `value`: it waits for ever
+    /// (until the runtime stops), as a hung backend does.
+    pub fn hang_on(mut self, value: f32) -> Self {
+        self.hang_on = Some(value);
+        self
+    }
+
+    /// Sleeps `delay` more in batches of exactly `rows` rows, and only in those.
+    pub fn slow_for_batch_size(mut self, rows: usize, delay: Duration) -> Self {
+        self.slow_batch = Some((rows, delay));
         self
     }
 
@@ -180,6 +198,16 @@ impl InferenceEngine for FakeEngine {
         let _ = gate.wait_for(|&open| open).await;
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
+        }
+        if let Some((rows, delay)) = self.slow_batch
+            && rows == batch.size
+        {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(trigger) = self.hang_on
+            && firsts.contains(&trigger)
+        {
+            std::future::pending::<()>().await;
         }
         if let Some(trigger) = self.panic_on
             && firsts.contains(&trigger)

@@ -493,7 +493,11 @@ async fn a_backend_error_fails_only_the_request_whose_rows_fail_alone() {
     );
     let stats = scheduler.stats();
     assert_eq!(
-        (stats.errors, stats.requests_failed, stats.requests_processed),
+        (
+            stats.errors,
+            stats.requests_failed,
+            stats.requests_processed
+        ),
         (2, 1, 3)
     );
 }

@@ -142,7 +142,7 @@ pub struct BatchingConfig {
     pub max_queue_delay_ms: f64,
     /// Most rows waiting; more are refused with 429.
     pub max_queue_size: usize,
-    /// Deadline of requests that set no `timeout`, in seconds (unset: none).
+    /// Deadline of requests that set no `timeout`, in seconds (default 60).
     pub default_timeout_secs: Option<f64>,
     /// Seconds a waiting row takes to gain one priority level, so low priorities never starve.
     pub priority_aging_secs: f64,
@@ -199,7 +199,8 @@ impl Default for BatchingConfig {
             max_batch_size: scheduler.max_batch_size,
             max_queue_delay_ms: scheduler.max_queue_delay.as_secs_f64() * 1000.0,
             max_queue_size: scheduler.max_queue_size,
-            default_timeout_secs: scheduler.default_timeout.map(|t| t.as_secs_f64()),
+            // A hung backend must not hold a request for ever.
+            default_timeout_secs: Some(60.0),
             priority_aging_secs: scheduler.priority_aging.as_secs_f64(),
             priority_levels: 3,
         }

@@ -37,6 +37,9 @@ pub enum ApiError {
     /// The request's deadline passed (504).
     #[error("{0}")]
     Timeout(String),
+    /// The client did not send its body in time (408).
+    #[error("{0}")]
+    BodyTimeout(String),
     /// The backend failed (500).
     #[error("{0}")]
     Internal(String),
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod image_input;
+pub mod probe;
 pub mod processing;
 pub mod repository;
 pub mod responses;
@@ -67,25 +68,107 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Turns a request away with 429 when `server.max_concurrent_requests` are in progress,
-/// before its body is read.
+/// Admission of an inference request, cheapest refusal first: 503 while draining; the body
+/// read within `server.body_read_timeout_secs` (408) while its bytes are counted against
+/// `server.max_in_flight_bytes` (429) and `server.max_body_bytes` (413); only then a slot of
+/// `server.max_concurrent_requests` (429), so a slow uploader holds no slot. Bytes and slot
+/// are held until the answer is ready.
 async fn admit(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match state.try_admit() {
-        Some(_permit) => next.run(request).await,
-        None => error::ApiError::Overloaded {
+    if state.is_draining() {
+        return error::ApiError::Unavailable("the server is shutting down".into()).into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let limits = &state.config().server;
+    let reading = read_body(&state, body, limits.max_body_bytes);
+    let (bytes, _body_permits) = match tokio::time::timeout(
+        state.config().body_read_timeout(),
+        reading,
+    )
+    .await
+    {
+        Ok(Ok(read)) => read,
+        // What is left of the body is not read: the connection cannot be reused.
+        Ok(Err(error)) => return closing(error.into_response()),
+        Err(_elapsed) => {
+            return closing(
+                error::ApiError::BodyTimeout(format!(
+                    "the request body did not arrive within {} s (server.body_read_timeout_secs)",
+                    limits.body_read_timeout_secs
+                ))
+                .into_response(),
+            );
+        }
+    };
+    let Some(_slot) = state.try_admit() else {
+        return error::ApiError::Overloaded {
             detail: format!(
                 "too many requests in progress (server.max_concurrent_requests = {})",
-                state.config().server.max_concurrent_requests
+                limits.max_concurrent_requests
             ),
             retry_after: std::time::Duration::from_secs(1),
         }
-        .into_response(),
+        .into_response();
+    };
+    let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+    next.run(request).await
+}
+
+fn closing(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// Reads a whole body, reserving its bytes against the in-flight budget as they arrive (a
+/// trickling client holds only what it sent), at most `max_bytes`.
+async fn read_body(
+    state: &AppState,
+    body: axum::body::Body,
+    max_bytes: usize,
+) -> Result<(bytes::Bytes, Vec<tokio::sync::OwnedSemaphorePermit>), error::ApiError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buffer = bytes::BytesMut::new();
+    let mut permits = Vec::new();
+    let mut reserved_kib: usize = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|err| {
+            error::ApiError::MalformedJson(format!("cannot read request body: {err}"))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buffer.len() + data.len() > max_bytes {
+            return Err(error::ApiError::TooLarge(format!(
+                "request body is too large: the limit is {max_bytes} bytes (server.max_body_bytes)"
+            )));
+        }
+        buffer.extend_from_slice(&data);
+        let needed_kib = buffer.len().div_ceil(1024);
+        if needed_kib > reserved_kib {
+            let more = u32::try_from(needed_kib - reserved_kib).unwrap_or(u32::MAX);
+            let permit =
+                state
+                    .try_reserve_body(more)
+                    .ok_or_else(|| error::ApiError::Overloaded {
+                        detail: format!(
+                            "too many request bytes in progress (server.max_in_flight_bytes = {})",
+                            state.config().server.max_in_flight_bytes
+                        ),
+                        retry_after: std::time::Duration::from_secs(1),
+                    })?;
+            permits.push(permit);
+            reserved_kib = needed_kib;
+        }
     }
+    Ok((buffer.freeze(), permits))
 }
 
 fn panic_response(panic: Box<dyn std::any::Any + Send>) -> axum::response::Response {

@@ -80,8 +80,12 @@ impl Outcome {
             successful_predictions: self.predictions.len() - failed,
             failed_predictions: failed,
             failed_indices: (failed > 0).then(|| self.failures.iter().map(|(i, _)| *i).collect()),
-            failure_reasons: (failed > 0)
-                .then(|| self.failures.iter().map(|(_, reason)| reason.clone()).collect()),
+            failure_reasons: (failed > 0).then(|| {
+                self.failures
+                    .iter()
+                    .map(|(_, reason)| reason.clone())
+                    .collect()
+            }),
             processing_time: self.processing,
         }
     }
@@ -214,7 +218,12 @@ async fn infer_decoded(
     }
     let mut failures: Vec<(usize, String)> = invalid
         .into_iter()
-        .map(|(i, reason)| (i, format!("Input validation failed for index {i}: {reason}")))
+        .map(|(i, reason)| {
+            (
+                i,
+                format!("Input validation failed for index {i}: {reason}"),
+            )
+        })
         .collect();
     let preprocessing = started.elapsed();
 
@@ -323,6 +332,19 @@ fn timeout_of(seconds: Option<f64>) -> Result<Option<Duration>, ApiError> {
         .transpose()
 }
 
+/// A client's priority, bounded to the configured levels so that no client can put itself
+/// so far ahead that aging never lets anyone else through.
+fn priority_of(state: &AppState, priority: i32) -> Result<i32, ApiError> {
+    let levels = state.config().batching.priority_levels;
+    match u32::try_from(priority) {
+        Ok(level) if level < levels => Ok(priority),
+        _ => Err(ApiError::Unprocessable(format!(
+            "priority must be an integer from 0 to {} (batching.priority_levels = {levels}), got {priority}",
+            levels.saturating_sub(1)
+        ))),
+    }
+}
+
 fn request_id(headers: &HeaderMap) -> String {
     headers
         .get("x-request-id")
@@ -383,7 +405,8 @@ pub async fn predict(
 ) -> Result<Response, ApiError> {
     let model = state.model(body.model.as_deref())?;
     let timeout = timeout_of(body.timeout)?;
-    let (outcome, prediction) = infer_one(&model, body.inputs, body.priority, timeout).await?;
+    let priority = priority_of(&state, body.priority)?;
+    let (outcome, prediction) = infer_one(&model, body.inputs, priority, timeout).await?;
     Ok(predict_response(&model, &headers, outcome, prediction))
 }
 
@@ -456,7 +479,8 @@ pub async fn model_predict(
         )));
     }
     let timeout = timeout_of(body.timeout)?;
-    let (outcome, prediction) = infer_one(&model, body.inputs, body.priority, timeout).await?;
+    let priority = priority_of(&state, body.priority)?;
+    let (outcome, prediction) = infer_one(&model, body.inputs, priority, timeout).await?;
     Ok(predict_response(&model, &headers, outcome, prediction))
 }
 
@@ -512,7 +536,8 @@ async fn batch_response(
         )));
     }
     let count = samples.len();
-    let outcome = infer(model, samples, body.priority, timeout).await?;
+    let priority = priority_of(state, body.priority)?;
+    let outcome = infer(model, samples, priority, timeout).await?;
     let batch_info = outcome.batch_info();
     let mut meta = metadata(model, Some(count));
     meta.batch_processing = Some(true);
@@ -654,10 +679,13 @@ fn model_states(state: &AppState) -> Value {
     Value::Object(states)
 }
 
-/// `GET /health`: every model's state, and a probe of the default model; 503 until the
-/// default model is ready, or when it is unhealthy.
+/// `GET /health`: every model's state and the default model's readiness, read from state
+/// (no forward pass on the request's path; `test_inference_ms` is the cached probe's). 503
+/// while the server drains, until the default model is ready, when none of its instances is
+/// live, or when its latest probe failed.
 pub async fn health(State(state): State<AppState>) -> Response {
     let models = model_states(&state);
+    let draining = state.is_draining();
     let model = match state.default_model() {
         Ok(model) => model,
         Err(err) => {
@@ -666,6 +694,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
                 "checks": {
                     "model_loaded": false,
                     "model": state.default_model_name(),
+                    "draining": draining,
                     "detail": err.to_string(),
                 },
                 "models": models,
@@ -676,11 +705,14 @@ pub async fn health(State(state): State<AppState>) -> Response {
     };
     let info = model.info();
     let stats = model.scheduler.stats();
-    let probe = model.scheduler.engine().health().await;
+    let engine = model.scheduler.engine();
+    let live_instances = engine.live_instances();
+    let probe = model.probe.latest(engine);
+    let inference_healthy = probe.as_ref().is_none_or(|p| p.healthy);
     let capacity = model.scheduler.config().max_queue_size;
     // Healthy while at most 90% of the queue is taken: past that, 429s are imminent.
     let queue_healthy = stats.queue_size * 10 <= capacity * 9;
-    let healthy = stats.running && probe.healthy;
+    let healthy = !draining && stats.running && live_instances > 0 && inference_healthy;
     let mut checks = json!({
         "engine_running": stats.running,
         "model_loaded": true,
@@ -689,11 +721,18 @@ pub async fn health(State(state): State<AppState>) -> Response {
         "model": info.model.name,
         "queue_size": stats.queue_size,
         "queue_healthy": queue_healthy,
-        "test_inference_ms": millis(probe.probe_time),
-        "inference_healthy": probe.healthy,
+        "test_inference_ms": probe.as_ref().map(|p| millis(p.took)),
+        "probe_age_s": probe.as_ref().map(|p| p.at.elapsed().as_secs_f64()),
+        "inference_healthy": inference_healthy,
+        "instances": info.instances,
+        "live_instances": live_instances,
+        "draining": draining,
     });
-    if let Some(error) = probe.error {
+    if let Some(error) = probe.and_then(|p| p.error) {
         checks["inference_error"] = json!(error);
+    }
+    if let Some(outage) = model.outage() {
+        checks["instance_error"] = json!(outage);
     }
     let body = json!({
         "healthy": healthy,

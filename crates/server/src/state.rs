@@ -5,6 +5,7 @@
 use crate::backends;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::probe::Probe;
 use crate::processing::Processing;
 use crate::repository::{self, Discovered};
 use inference_core::scheduler::Scheduler;
@@ -24,11 +25,23 @@ pub struct ModelHandle {
     pub processing: Processing,
     pub version: String,
     pub description: String,
+    /// The cached forward-pass probe `/health` reports.
+    pub probe: Arc<Probe>,
 }
 
 impl ModelHandle {
     pub fn info(&self) -> &EngineInfo {
         self.scheduler.engine().info()
+    }
+
+    /// Why this loaded model cannot serve now (none of its instances is live), if so.
+    pub fn outage(&self) -> Option<String> {
+        let engine = self.scheduler.engine();
+        (engine.live_instances() == 0).then(|| {
+            engine
+                .instance_failure()
+                .unwrap_or_else(|| "no instance of the model is live".into())
+        })
     }
 }
 
@@ -66,6 +79,8 @@ pub struct AppState {
 struct Inner {
     /// Permits for inference requests in progress (`server.max_concurrent_requests`).
     in_flight: Arc<Semaphore>,
+    /// KiB of request bodies held by inference requests (`server.max_in_flight_bytes`).
+    body_kib: Arc<Semaphore>,
     config: Config,
     models: RwLock<BTreeMap<String, ModelEntry>>,
     default_model: String,
@@ -106,6 +121,7 @@ impl AppState {
                     processing: Processing::default(),
                     version,
                     description: String::new(),
+                    probe: Arc::default(),
                 };
                 let entry = ModelEntry {
                     name: name.clone(),
@@ -129,6 +145,9 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 in_flight: Arc::new(Semaphore::new(config.server.max_concurrent_requests)),
+                body_kib: Arc::new(Semaphore::new(
+                    config.server.max_in_flight_bytes.div_ceil(1024),
+                )),
                 config,
                 models: RwLock::new(models),
                 default_model,
@@ -328,6 +347,14 @@ impl AppState {
         Ok(())
     }
 
+    /// Reserves `kib` more KiB of request body, or `None` when `server.max_in_flight_bytes`
+    /// would be passed. The reservation lasts as long as the permit.
+    pub fn try_reserve_body(&self, kib: u32) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.inner.body_kib)
+            .try_acquire_many_owned(kib)
+            .ok()
+    }
+
     /// A permit for one inference request, or `None` when the limit is reached.
     pub fn try_admit(&self) -> Option<OwnedSemaphorePermit> {
         Arc::clone(&self.inner.in_flight).try_acquire_owned().ok()
@@ -386,9 +413,20 @@ impl AppState {
         })
     }
 
-    /// Every model of the repository, with its state.
+    /// Every model of the repository, with its state: a loaded model none of whose
+    /// instances is live reads as `failed`, with the reason, until one comes back.
     pub fn entries(&self) -> Vec<ModelEntry> {
-        self.read().values().cloned().collect()
+        self.read()
+            .values()
+            .cloned()
+            .map(|mut entry| {
+                if let Some(outage) = entry.handle.as_ref().and_then(|h| h.outage()) {
+                    entry.state = ModelState::Failed;
+                    entry.error = Some(outage);
+                }
+                entry
+            })
+            .collect()
     }
 
     /// The ready models.
@@ -467,9 +505,14 @@ async fn load_model(config: &Config, manifest: ModelManifest) -> Result<ModelHan
     // The engine's spec is the complete one (an ONNX graph may have filled it in).
     let spec = engine.info().model.clone();
     let processing = Processing::from_manifest(&manifest, &spec, config.server.max_image_pixels)?;
+    let mut probe = Probe::default();
     if config.model.warmup {
         for size in warmup_sizes {
+            let started = Instant::now();
             warm_up(engine.as_ref(), size.max(1)).await?;
+            if size <= 1 {
+                probe = Probe::seeded(started.elapsed());
+            }
         }
     }
     let scheduler = Scheduler::start(engine, config.scheduler_config(&batching));
@@ -478,6 +521,7 @@ async fn load_model(config: &Config, manifest: ModelManifest) -> Result<ModelHan
         processing,
         version,
         description,
+        probe: Arc::new(probe),
     })
 }
 
