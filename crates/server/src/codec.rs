@@ -65,34 +65,49 @@ fn check_content_type(request: &Request) -> Result<(), ApiError> {
     }
 }
 
-/// Parses a body: not JSON is a 400, JSON of the wrong form a 422.
+/// Parses a body straight into `T` (no intermediate JSON tree): not JSON is a 400, JSON of
+/// the wrong form a 422 naming the field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Value::Object(serde_json::Map::new())
+    let empty_object: &[u8] = b"{}";
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        empty_object
     } else {
-        serde_json::from_slice(bytes).map_err(|err| {
-            if err.to_string().contains("recursion limit") {
-                ApiError::Unprocessable("JSON is nested too deeply".into())
-            } else {
-                ApiError::MalformedJson(format!("request body is not valid JSON: {err}"))
-            }
-        })?
+        bytes
     };
-    if !value.is_object() {
+    if let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace())
+        && !matches!(first, b'{')
+    {
+        // A scalar or a list: say what it is when it is JSON at all.
+        let value: Value = serde_json::from_slice(bytes).map_err(syntax_error)?;
         return Err(ApiError::Unprocessable(format!(
             "request body must be a JSON object, got {}",
             kind_of(&value)
         )));
     }
-    serde_path_to_error::deserialize(value).map_err(|err| {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let parsed = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        if path == "." {
-            ApiError::Unprocessable(format!("invalid request: {inner}"))
+        if inner.is_data() {
+            if path == "." {
+                ApiError::Unprocessable(format!("invalid request: {inner}"))
+            } else {
+                ApiError::Unprocessable(format!("invalid request: {path}: {inner}"))
+            }
         } else {
-            ApiError::Unprocessable(format!("invalid request: {path}: {inner}"))
+            syntax_error(inner)
         }
-    })
+    })?;
+    deserializer.end().map_err(syntax_error)?;
+    Ok(parsed)
+}
+
+fn syntax_error(err: serde_json::Error) -> ApiError {
+    if err.to_string().contains("recursion limit") {
+        ApiError::Unprocessable("JSON is nested too deeply".into())
+    } else {
+        ApiError::MalformedJson(format!("request body is not valid JSON: {err}"))
+    }
 }
 
 fn kind_of(value: &Value) -> &'static str {
