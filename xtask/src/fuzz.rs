@@ -40,6 +40,13 @@ pub(crate) struct FuzzArgs {
     target: Option<String>,
 }
 
+impl FuzzArgs {
+    /// Every target for `secs` seconds each, as `cargo xtask test` runs them.
+    pub(crate) fn every_target(secs: u64) -> Self {
+        Self { secs, target: None }
+    }
+}
+
 pub(crate) fn run(args: &FuzzArgs) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let dir = workspace_root().join("fuzz");

@@ -23,7 +23,7 @@ const REQUIRE_RESNET18: (&str, &str) = ("REQUIRE_RESNET18", "1");
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct TestArgs {
-    /// Skips runtime setup and the ort/tch backends: candle only, nothing to download.
+    /// Skips runtime setup, the ort/tch backends and fuzzing: candle only, nothing to download.
     #[arg(long)]
     quick: bool,
 }
@@ -100,6 +100,9 @@ pub(crate) fn run(args: &TestArgs) -> Result<()> {
         crate::clients::run().context("step `check-clients` failed")?;
     }
     timings.push(soak_step()?);
+    if !args.quick {
+        timings.push(fuzz_step()?);
+    }
     for (name, took) in timings {
         eprintln!("  {name:<7} {}", format_duration(took));
     }
@@ -123,6 +126,22 @@ fn soak_step() -> Result<(&'static str, Duration)> {
     let took = started.elapsed();
     eprintln!("<== soak passed in {}", format_duration(took));
     Ok(("soak", took))
+}
+
+/// Seconds each fuzz target runs in a full test run: the committed corpus replays and the
+/// fuzzers mutate past it, in about a minute for the three targets.
+const FUZZ_SECS: u64 = 20;
+
+/// A bounded `cargo xtask fuzz` (every target), timed like the cargo steps. `--quick` leaves
+/// it out: it installs cargo-afl, which builds AFL++ from source.
+fn fuzz_step() -> Result<(&'static str, Duration)> {
+    eprintln!("==> fuzz: {FUZZ_SECS}s per target, from the committed corpus");
+    let started = Instant::now();
+    let args = crate::fuzz::FuzzArgs::every_target(FUZZ_SECS);
+    crate::fuzz::run(&args).context("step `fuzz` failed")?;
+    let took = started.elapsed();
+    eprintln!("<== fuzz passed in {}", format_duration(took));
+    Ok(("fuzz", took))
 }
 
 fn cargo_commands(steps: &[CargoStep]) -> Vec<Command> {
