@@ -351,18 +351,11 @@ fn jpeg_dimensions(bytes: &[u8]) -> Result<(u32, u32, usize), ImageError> {
     }
 }
 
-/// Refuses a progressive JPEG in which a component is sampled more densely than the first
-/// one (which every common encoder makes the densest). zune-jpeg 0.5 sizes its upsampling
-/// buffer for progressive images by the first component only and panics on such a file.
+/// Refuses a JPEG in which a component is sampled more densely than the first one, which
+/// every common encoder makes the densest (the luma). zune-jpeg 0.5 sizes its buffers by the
+/// first component in places and panics on such a file, baseline or progressive.
 /// `frame` starts at the frame header's marker; a header cut short is left to the decoder.
 fn check_jpeg_sampling(frame: &[u8]) -> Result<(), ImageError> {
-    // SOF2, SOF6, SOF10 and SOF14 are the progressive frame types.
-    if frame
-        .get(1)
-        .is_none_or(|marker| ![0xC2, 0xC6, 0xCA, 0xCE].contains(marker))
-    {
-        return Ok(());
-    }
     // Marker (2), length (2), precision (1), height (2), width (2), component count (1),
     // then per component: identifier (1), sampling factors (horizontal << 4 | vertical), table.
     let Some(&count) = frame.get(9) else {
@@ -378,8 +371,7 @@ fn check_jpeg_sampling(frame: &[u8]) -> Result<(), ImageError> {
     };
     if chunks.map(factors).any(|(h, v)| h > first_h || v > first_v) {
         return Err(ImageError::UnsupportedFormat(
-            "JPEG variant (progressive, with a component sampled more densely than the first)"
-                .into(),
+            "JPEG variant (a color component sampled more densely than the first)".into(),
         ));
     }
     Ok(())
