@@ -385,7 +385,12 @@ async fn serve_connection(
                 return;
             }
             () = tokio::time::sleep_until(activity.instant(wake)) => {}
-            _ = drain.changed(), if drain_since.is_none() => {}
+            changed = drain.changed(), if drain_since.is_none() => {
+                // The server is gone without a word: nothing to wait for.
+                if changed.is_err() {
+                    drain_since = Some(activity.now());
+                }
+            }
         }
     }
 }
