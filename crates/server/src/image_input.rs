@@ -196,7 +196,7 @@ fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
     check_pixels(width, height, max_pixels)?;
     if let Some(frame) = jpeg_frame {
         check_jpeg_end(frame)?;
-        check_jpeg_sampling(frame)?;
+        check_jpeg_sampling(frame, width.max(height))?;
     }
 
     // The header was read by hand above; these limits hold the decoders to it, so a file
@@ -351,11 +351,13 @@ fn jpeg_dimensions(bytes: &[u8]) -> Result<(u32, u32, usize), ImageError> {
     }
 }
 
-/// Refuses a JPEG in which a component is sampled more densely than the first one, which
-/// every common encoder makes the densest (the luma). zune-jpeg 0.5 sizes its buffers by the
-/// first component in places and panics on such a file, baseline or progressive.
-/// `frame` starts at the frame header's marker; a header cut short is left to the decoder.
-fn check_jpeg_sampling(frame: &[u8]) -> Result<(), ImageError> {
+/// Refuses the sampling factors zune-jpeg 0.5 cannot decode and panics on, baseline or
+/// progressive: a component sampled more densely than the first one (which every common
+/// encoder makes the densest, the luma), for which it sizes buffers by the first component;
+/// and a grayscale image sampled other than 1x1 with a side over 65528 pixels, whose size
+/// in 8-pixel blocks it computes in 16 bits, which overflows. `frame` starts at the frame
+/// header's marker; a header cut short is left to the decoder.
+fn check_jpeg_sampling(frame: &[u8], longest_side: u32) -> Result<(), ImageError> {
     // Marker (2), length (2), precision (1), height (2), width (2), component count (1),
     // then per component: identifier (1), sampling factors (horizontal << 4 | vertical), table.
     let Some(&count) = frame.get(9) else {
@@ -373,6 +375,11 @@ fn check_jpeg_sampling(frame: &[u8]) -> Result<(), ImageError> {
         return Err(ImageError::UnsupportedFormat(
             "JPEG variant (a color component sampled more densely than the first)".into(),
         ));
+    }
+    if count == 1 && (first_h, first_v) != (1, 1) && longest_side > 65528 {
+        return Err(ImageError::UnsupportedFormat(format!(
+            "JPEG variant (grayscale sampled {first_h}x{first_v}, with a side over 65528 pixels)"
+        )));
     }
     Ok(())
 }
