@@ -65,9 +65,14 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Most samples in one `/predict/batch` request (413 past it).
     pub max_batch_inputs: usize,
-    /// Most inference requests in progress at once, bodies included; more get 429 at once,
-    /// so memory stays bounded however many clients connect.
+    /// Most inference requests in progress at once; more wait for a slot, first come first
+    /// served, up to `max_admission_wait_ms`, then get 429.
     pub max_concurrent_requests: usize,
+    /// How long a request may wait for a slot before it is refused with 429, in
+    /// milliseconds. Waiting costs nothing and holds the client's connection, which slows
+    /// an overloading client down; refusing at once would spend the CPU on 429s that the
+    /// admitted requests need.
+    pub max_admission_wait_ms: f64,
     /// How long in-flight requests may take to finish after a shutdown signal, in seconds.
     pub drain_timeout_secs: f64,
     /// Largest picture accepted, in pixels (width × height), checked before decoding.
@@ -167,6 +172,7 @@ impl Default for ServerConfig {
             max_body_bytes: 2 * 1024 * 1024,
             max_batch_inputs: 1024,
             max_concurrent_requests: 1024,
+            max_admission_wait_ms: 500.0,
             drain_timeout_secs: 30.0,
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
             header_read_timeout_secs: 10.0,
@@ -331,6 +337,10 @@ impl Config {
                 Some(self.server.header_read_timeout_secs),
             ),
             (
+                "server.max_admission_wait_ms",
+                Some(self.server.max_admission_wait_ms),
+            ),
+            (
                 "server.body_read_timeout_secs",
                 Some(self.server.body_read_timeout_secs),
             ),
@@ -385,6 +395,10 @@ impl Config {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.server.drain_timeout_secs)
+    }
+
+    pub fn max_admission_wait(&self) -> Duration {
+        Duration::from_secs_f64(self.server.max_admission_wait_ms / 1000.0)
     }
 
     pub fn header_read_timeout(&self) -> Duration {

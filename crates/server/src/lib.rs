@@ -71,7 +71,8 @@ pub fn app(state: AppState) -> Router {
 /// Admission of an inference request, cheapest refusal first: 503 while draining; the body
 /// read within `server.body_read_timeout_secs` (408) while its bytes are counted against
 /// `server.max_in_flight_bytes` (429) and `server.max_body_bytes` (413); only then a slot of
-/// `server.max_concurrent_requests` (429), so a slow uploader holds no slot. Bytes and slot
+/// `server.max_concurrent_requests`, waited for first come first served at most
+/// `server.max_admission_wait_ms` (429), so a slow uploader holds no slot. Bytes and slot
 /// are held until the answer is ready.
 async fn admit(
     axum::extract::State(state): axum::extract::State<AppState>,
@@ -85,30 +86,29 @@ async fn admit(
     let (parts, body) = request.into_parts();
     let limits = &state.config().server;
     let reading = read_body(&state, body, limits.max_body_bytes);
-    let (bytes, _body_permits) = match tokio::time::timeout(
-        state.config().body_read_timeout(),
-        reading,
-    )
-    .await
-    {
-        Ok(Ok(read)) => read,
-        // What is left of the body is not read: the connection cannot be reused.
-        Ok(Err(error)) => return closing(error.into_response()),
-        Err(_elapsed) => {
-            return closing(
+    let (bytes, _body_permits) =
+        match tokio::time::timeout(state.config().body_read_timeout(), reading).await {
+            Ok(Ok(read)) => read,
+            // What is left of the body is not read: the connection cannot be reused.
+            Ok(Err(error)) => return closing(error.into_response()),
+            Err(_elapsed) => {
+                return closing(
                 error::ApiError::BodyTimeout(format!(
                     "the request body did not arrive within {} s (server.body_read_timeout_secs)",
                     limits.body_read_timeout_secs
                 ))
                 .into_response(),
             );
-        }
-    };
-    let Some(_slot) = state.try_admit() else {
+            }
+        };
+    let Some(_slot) = state
+        .admit_within(state.config().max_admission_wait())
+        .await
+    else {
         return error::ApiError::Overloaded {
             detail: format!(
-                "too many requests in progress (server.max_concurrent_requests = {})",
-                limits.max_concurrent_requests
+                "too many requests in progress (server.max_concurrent_requests = {}) for {} ms (server.max_admission_wait_ms)",
+                limits.max_concurrent_requests, limits.max_admission_wait_ms
             ),
             retry_after: std::time::Duration::from_secs(1),
         }

@@ -360,6 +360,16 @@ impl AppState {
         Arc::clone(&self.inner.in_flight).try_acquire_owned().ok()
     }
 
+    /// A permit for one inference request, waiting for one (first come, first served) at
+    /// most `wait`; `None` when none freed up in time.
+    pub async fn admit_within(&self, wait: Duration) -> Option<OwnedSemaphorePermit> {
+        if let Some(permit) = self.try_admit() {
+            return Some(permit);
+        }
+        let waiting = Arc::clone(&self.inner.in_flight).acquire_owned();
+        tokio::time::timeout(wait, waiting).await.ok()?.ok()
+    }
+
     /// Marks the server as shutting down: from now on `/health` answers 503 and new
     /// inference requests are refused with 503, while those already admitted finish.
     pub fn begin_drain(&self) {

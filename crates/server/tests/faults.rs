@@ -375,3 +375,33 @@ async fn request_bytes_in_flight_are_bounded() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_request_waits_for_a_slot_up_to_max_admission_wait_then_gets_429() {
+    let engine = Arc::new(FakeEngine::new());
+    let state = fake_state(&engine, |c| {
+        c.server.max_concurrent_requests = 1;
+        c.server.max_admission_wait_ms = 300.0;
+    });
+    engine.hold();
+    let blocker = {
+        let state = state.clone();
+        tokio::spawn(async move { predict(&state, r#"{"inputs": 1}"#).await })
+    };
+    engine.wait_for_batches(1).await;
+    // No slot frees within the wait: 429, after the wait and not before.
+    let started = Instant::now();
+    let refused = predict(&state, r#"{"inputs": 2}"#).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(detail(&refused).contains("max_admission_wait_ms"));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // A slot that frees within the wait goes to the waiting request.
+    let waiting = {
+        let state = state.clone();
+        tokio::spawn(async move { predict(&state, r#"{"inputs": 3}"#).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    engine.release();
+    assert_eq!(blocker.await.unwrap().status, StatusCode::OK);
+    assert_eq!(waiting.await.unwrap().status, StatusCode::OK);
+}
