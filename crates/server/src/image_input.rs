@@ -197,6 +197,7 @@ fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
     if let Some(frame) = jpeg_frame {
         check_jpeg_end(frame)?;
         check_jpeg_sampling(frame, width.max(height))?;
+        check_jpeg_color_transform(bytes, frame.get(9).copied())?;
     }
 
     // The header was read by hand above; these limits hold the decoders to it, so a file
@@ -225,17 +226,25 @@ fn decode_rgb8(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
         other => ImageError::Corrupt(other.to_string()),
     };
 
-    let image = match format {
+    let decode = || match format {
         Format::Png => {
             let decoder = PngDecoder::with_limits(Cursor::new(bytes), limits).map_err(map_err)?;
-            DynamicImage::from_decoder(decoder).map_err(map_err)?
+            DynamicImage::from_decoder(decoder).map_err(map_err)
         }
         Format::Jpeg => {
             let mut decoder = JpegDecoder::new(Cursor::new(bytes)).map_err(map_err)?;
             decoder.set_limits(limits).map_err(map_err)?;
-            DynamicImage::from_decoder(decoder).map_err(map_err)?
+            DynamicImage::from_decoder(decoder).map_err(map_err)
         }
     };
+    // The decoders should refuse every bad file with an error, yet fuzzing found files that
+    // made them panic (the checks above refuse those). A file that still makes one panic is
+    // refused as corrupt instead of failing the request as an internal error; nothing the
+    // decoder touched outlives the call.
+    let image =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).map_err(|_| {
+            ImageError::Corrupt(format!("the {} decoder failed on it", format.name()))
+        })??;
     if image.width() == 0 || image.height() == 0 {
         return Err(ImageError::Corrupt("the image has no pixels".into()));
     }
@@ -382,6 +391,56 @@ fn check_jpeg_sampling(frame: &[u8], longest_side: u32) -> Result<(), ImageError
         )));
     }
     Ok(())
+}
+
+/// Refuses an Adobe marker (APP14) whose color transform contradicts the frame's component
+/// count: YCbCr (1) is for three components, YCCK (2) for four. zune-jpeg 0.5 believes the
+/// marker over the frame and panicked on a progressive four-component image marked YCbCr.
+/// The segments before the first scan are read; one cut short is left to the decoder.
+fn check_jpeg_color_transform(bytes: &[u8], components: Option<u8>) -> Result<(), ImageError> {
+    let Some(components) = components else {
+        return Ok(());
+    };
+    // After the SOI marker, which has no length.
+    let mut at = 2;
+    loop {
+        let marker = match bytes.get(at..at + 2) {
+            Some([0xFF, 0xFF]) => {
+                at += 1;
+                continue;
+            }
+            Some([0xFF, marker]) => *marker,
+            _ => return Ok(()),
+        };
+        if marker == 0x01 || (0xD0..=0xD8).contains(&marker) {
+            at += 2;
+            continue;
+        }
+        let Some(&[high, low]) = bytes.get(at + 2..at + 4) else {
+            return Ok(());
+        };
+        let length = usize::from(u16::from_be_bytes([high, low]));
+        if marker == 0xD9 || marker == 0xDA || length < 2 {
+            return Ok(());
+        }
+        // "Adobe", version (2), flags (2 + 2), transform (1).
+        let payload = bytes.get(at + 4..).unwrap_or_default();
+        if marker == 0xEE
+            && length >= 14
+            && let Some(&transform) = payload.strip_prefix(b"Adobe").and_then(|rest| rest.get(6))
+            && ((transform == 1 && components != 3) || (transform == 2 && components != 4))
+        {
+            return Err(ImageError::Corrupt(format!(
+                "the JPEG has {components} color components, but its Adobe marker says {}",
+                if transform == 1 {
+                    "YCbCr (3)"
+                } else {
+                    "YCCK (4)"
+                }
+            )));
+        }
+        at += 2 + length;
+    }
 }
 
 /// The JPEG decoder fills a truncated scan with gray and reports success; Pillow refuses such
