@@ -396,31 +396,28 @@ fn check_jpeg_sampling(frame: &[u8], longest_side: u32) -> Result<(), ImageError
 /// Refuses an Adobe marker (APP14) whose color transform contradicts the frame's component
 /// count: YCbCr (1) is for three components, YCCK (2) for four. zune-jpeg 0.5 believes the
 /// marker over the frame and panicked on a progressive four-component image marked YCbCr.
-/// The segments before the first scan are read; one cut short is left to the decoder.
+/// Like the decoder, this looks for markers past stray bytes and between scans, and skips
+/// the payload of each marker segment it finds.
 fn check_jpeg_color_transform(bytes: &[u8], components: Option<u8>) -> Result<(), ImageError> {
     let Some(components) = components else {
         return Ok(());
     };
-    // After the SOI marker, which has no length.
     let mut at = 2;
-    loop {
-        let marker = match bytes.get(at..at + 2) {
-            Some([0xFF, 0xFF]) => {
-                at += 1;
-                continue;
-            }
-            Some([0xFF, marker]) => *marker,
-            _ => return Ok(()),
+    while let Some(pair) = bytes.get(at..at + 2) {
+        // Stuffed zeros, fill bytes, restart markers and scan data carry no segment.
+        let [0xFF, marker] = *pair else {
+            at += 1;
+            continue;
         };
-        if marker == 0x01 || (0xD0..=0xD8).contains(&marker) {
-            at += 2;
+        if matches!(marker, 0x00 | 0x01 | 0xFF | 0xD0..=0xD8) {
+            at += 1;
             continue;
         }
         let Some(&[high, low]) = bytes.get(at + 2..at + 4) else {
             return Ok(());
         };
         let length = usize::from(u16::from_be_bytes([high, low]));
-        if marker == 0xD9 || marker == 0xDA || length < 2 {
+        if marker == 0xD9 || length < 2 {
             return Ok(());
         }
         // "Adobe", version (2), flags (2 + 2), transform (1).
@@ -430,17 +427,18 @@ fn check_jpeg_color_transform(bytes: &[u8], components: Option<u8>) -> Result<()
             && let Some(&transform) = payload.strip_prefix(b"Adobe").and_then(|rest| rest.get(6))
             && ((transform == 1 && components != 3) || (transform == 2 && components != 4))
         {
+            let space = if transform == 1 {
+                "YCbCr (3)"
+            } else {
+                "YCCK (4)"
+            };
             return Err(ImageError::Corrupt(format!(
-                "the JPEG has {components} color components, but its Adobe marker says {}",
-                if transform == 1 {
-                    "YCbCr (3)"
-                } else {
-                    "YCCK (4)"
-                }
+                "the JPEG has {components} color components, but its Adobe marker says {space}"
             )));
         }
         at += 2 + length;
     }
+    Ok(())
 }
 
 /// The JPEG decoder fills a truncated scan with gray and reports success; Pillow refuses such
