@@ -135,9 +135,11 @@ pub fn json_sample(data: &[u8]) {
 /// function and then decoded.
 pub fn seed_bodies(data: &[u8]) {
     let example = [example_model()];
-    if let Ok(request) = parse_json::<PredictRequest>(data) {
-        decode_inputs(&request.inputs, &example);
-        decode_inputs(&request.inputs, &sample_models());
+    if let Ok(request) = parse_json::<PredictRequest>(data)
+        && let Ok(inputs) = serde_json::from_str::<Value>(request.inputs.get())
+    {
+        decode_inputs(&inputs, &example);
+        decode_inputs(&inputs, &sample_models());
     }
     if let Ok(request) = parse_json::<SimpleExampleRequest>(data) {
         decode_and_check(&request.input, &example[0]);

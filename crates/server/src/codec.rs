@@ -6,9 +6,11 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use inference_core::{DType, ModelSpec, Sample, Tensor, TensorSpec, bf16, f16, with_element_type};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Number, Value};
+use std::collections::BTreeMap;
 
 /// Deepest nesting a sample may have: deeper than any tensor a model takes.
 const MAX_SAMPLE_DEPTH: usize = 32;
@@ -124,95 +126,219 @@ fn kind_of(value: &Value) -> &'static str {
 /// Decodes one JSON sample for `model`: a single-input model takes a number, a flat list or
 /// a nested list; a model with several inputs takes an object keyed by input name.
 pub fn decode_sample(value: &Value, model: &ModelSpec) -> Result<Sample, String> {
-    match (model.inputs.as_slice(), value) {
-        ([only], _) => Ok(Sample::new(vec![decode_tensor(value, only)?])),
-        (inputs, Value::Object(fields)) => {
-            if let Some(unknown) = fields
-                .keys()
-                .find(|k| !inputs.iter().any(|i| &i.name == *k))
-            {
-                return Err(format!(
-                    "model '{}' has no input named {unknown:?}",
-                    model.name
-                ));
-            }
-            let tensors = inputs
-                .iter()
-                .map(|input| {
-                    let field = fields
-                        .get(&input.name)
-                        .ok_or_else(|| format!("missing input {:?}", input.name))?;
-                    decode_tensor(field, input)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(Sample::new(tensors))
-        }
-        (inputs, other) => Err(format!(
-            "model '{}' takes {} inputs: send an object keyed by input name, got {}",
+    let raw = serde_json::value::to_raw_value(value).map_err(|e| e.to_string())?;
+    decode_sample_raw(&raw, model)
+}
+
+/// [`decode_sample`] straight from the sample's JSON text, as a request body holds it:
+/// numbers go into typed buffers as they are read, with no tree of values in between.
+pub fn decode_sample_raw(raw: &RawValue, model: &ModelSpec) -> Result<Sample, String> {
+    let inputs = match model.inputs.as_slice() {
+        [only] => return Ok(Sample::new(vec![decode_tensor_raw(raw, only)?])),
+        inputs => inputs,
+    };
+    let kind = raw_kind(raw);
+    if kind != "an object" {
+        return Err(format!(
+            "model '{}' takes {} inputs: send an object keyed by input name, got {kind}",
             model.name,
             inputs.len(),
-            kind_of(other)
-        )),
+        ));
     }
+    let fields: BTreeMap<String, &RawValue> =
+        serde_json::from_str(raw.get()).map_err(|e| e.to_string())?;
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !inputs.iter().any(|i| &i.name == *k))
+    {
+        return Err(format!(
+            "model '{}' has no input named {unknown:?}",
+            model.name
+        ));
+    }
+    let tensors = inputs
+        .iter()
+        .map(|input| {
+            let field = fields
+                .get(&input.name)
+                .ok_or_else(|| format!("missing input {:?}", input.name))?;
+            decode_tensor_raw(field, input)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Sample::new(tensors))
+}
+
+/// What kind of JSON value a raw value is, by its first character.
+pub fn raw_kind(raw: &RawValue) -> &'static str {
+    match raw.get().trim_start().as_bytes().first() {
+        Some(b'{') => "an object",
+        Some(b'[') => "a list",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+fn decode_tensor_raw(raw: &RawValue, spec: &TensorSpec) -> Result<Tensor, String> {
+    decode_tensor_from(&mut serde_json::Deserializer::from_str(raw.get()), spec)
 }
 
 /// Decodes a number or (nested) list into a tensor of `spec`'s type and shape.
 pub fn decode_tensor(value: &Value, spec: &TensorSpec) -> Result<Tensor, String> {
-    let mut leaves = Vec::new();
-    let shape = walk(value, 0, &mut leaves, spec)?;
-    let count = leaves.len();
-    let target_shape = fit_shape(&shape, count, spec)?;
-    convert(&leaves, target_shape, spec.dtype)
+    decode_tensor_from(value, spec)
 }
 
-/// Collects the numbers of a rectangular nested list in row-major order and returns its
-/// shape; rejects anything else with a reason a person understands.
-fn walk<'a>(
-    value: &'a Value,
-    depth: usize,
-    leaves: &mut Vec<&'a Number>,
+/// Decodes a number or (nested) list from any JSON deserializer, converting each number to
+/// the model's element type as it is read: no tree of values and no second copy.
+fn decode_tensor_from<'de, D: Deserializer<'de>>(
+    json: D,
     spec: &TensorSpec,
-) -> Result<Vec<usize>, String> {
-    match value {
-        Value::Number(n) => {
-            // Stop at the first value too many: a huge list costs no more than a small one.
-            if let Some(max) = spec.fixed_element_count()
-                && leaves.len() >= max
-            {
-                return Err(format!(
-                    "too many values: input '{}' takes {max} (shape {:?})",
-                    spec.name, spec.shape
-                ));
-            }
-            leaves.push(n);
-            Ok(Vec::new())
-        }
-        Value::Array(items) => {
-            if depth >= MAX_SAMPLE_DEPTH {
-                return Err(format!("list nested deeper than {MAX_SAMPLE_DEPTH} levels"));
-            }
-            let Some((first, rest)) = items.split_first() else {
-                return Err("empty list: a sample needs at least one number".into());
-            };
-            let inner = walk(first, depth + 1, leaves, spec)?;
-            for item in rest {
-                let other = walk(item, depth + 1, leaves, spec)?;
-                if other != inner {
-                    return Err(format!(
-                        "ragged list: sub-lists of shapes {inner:?} and {other:?} at the same level"
-                    ));
-                }
-            }
-            let mut shape = Vec::with_capacity(inner.len() + 1);
-            shape.push(items.len());
-            shape.extend(inner);
-            Ok(shape)
-        }
-        other => Err(format!(
-            "expected a number or a list of numbers, got {}",
-            kind_of(other)
-        )),
+) -> Result<Tensor, String> {
+    let mut collector = Collector {
+        values: Typed::new(spec.dtype),
+        limit: spec.fixed_element_count(),
+        spec,
+        error: None,
+    };
+    let shape = SampleLevel {
+        collector: &mut collector,
+        depth: 0,
     }
+    .deserialize(json)
+    .map_err(|err| {
+        collector.error.take().unwrap_or_else(|| {
+            // The parser's position is within the sample, not the body: leave it out.
+            let message = err.to_string();
+            match message.rsplit_once(" at line ") {
+                Some((reason, _)) => reason.to_string(),
+                None => message,
+            }
+        })
+    })?;
+    let target_shape = fit_shape(&shape, collector.values.len(), spec)?;
+    collector.values.into_tensor(target_shape)
+}
+
+/// Where the numbers of one tensor go while its JSON is read.
+struct Collector<'s> {
+    values: Typed,
+    /// Most values the input takes, when its shape is fixed.
+    limit: Option<usize>,
+    spec: &'s TensorSpec,
+    /// The reason decoding stopped, kept apart so no parser position is appended to it.
+    error: Option<String>,
+}
+
+impl Collector<'_> {
+    fn push<E: serde::de::Error>(&mut self, number: JsonNumber) -> Result<Vec<usize>, E> {
+        // Stop at the first value too many: a huge list costs no more than a small one.
+        if let Some(max) = self.limit
+            && self.values.len() >= max
+        {
+            return Err(self.fail(format!(
+                "too many values: input '{}' takes {max} (shape {:?})",
+                self.spec.name, self.spec.shape
+            )));
+        }
+        match self.values.push(number) {
+            Ok(()) => Ok(Vec::new()),
+            Err(reason) => Err(self.fail(reason)),
+        }
+    }
+
+    fn fail<E: serde::de::Error>(&mut self, reason: String) -> E {
+        let error = E::custom(&reason);
+        self.error = Some(reason);
+        error
+    }
+}
+
+/// One nesting level of a sample: a number, or a list of equally shaped levels. Yields the
+/// shape below it.
+struct SampleLevel<'c, 's> {
+    collector: &'c mut Collector<'s>,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for SampleLevel<'_, '_> {
+    type Value = Vec<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, json: D) -> Result<Vec<usize>, D::Error> {
+        json.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for SampleLevel<'_, '_> {
+    type Value = Vec<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a number or a list of numbers")
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Vec<usize>, E> {
+        self.collector.push(JsonNumber::Int(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Vec<usize>, E> {
+        self.collector.push(JsonNumber::UInt(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Vec<usize>, E> {
+        self.collector.push(JsonNumber::Float(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Vec<usize>, A::Error> {
+        let SampleLevel { collector, depth } = self;
+        if depth >= MAX_SAMPLE_DEPTH {
+            return Err(
+                collector.fail(format!("list nested deeper than {MAX_SAMPLE_DEPTH} levels"))
+            );
+        }
+        let Some(inner) = items.next_element_seed(SampleLevel {
+            collector: &mut *collector,
+            depth: depth + 1,
+        })?
+        else {
+            return Err(collector.fail("empty list: a sample needs at least one number".into()));
+        };
+        let mut count = 1;
+        while let Some(other) = items.next_element_seed(SampleLevel {
+            collector: &mut *collector,
+            depth: depth + 1,
+        })? {
+            if other != inner {
+                return Err(collector.fail(format!(
+                    "ragged list: sub-lists of shapes {inner:?} and {other:?} at the same level"
+                )));
+            }
+            count += 1;
+        }
+        let mut shape = Vec::with_capacity(inner.len() + 1);
+        shape.push(count);
+        shape.extend(inner);
+        Ok(shape)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Vec<usize>, E> {
+        Err(self.collector.fail(not_a_number("a string")))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Vec<usize>, E> {
+        Err(self.collector.fail(not_a_number("a boolean")))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Vec<usize>, E> {
+        Err(self.collector.fail(not_a_number("null")))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<Vec<usize>, A::Error> {
+        Err(self.collector.fail(not_a_number("an object")))
+    }
+}
+
+fn not_a_number(kind: &str) -> String {
+    format!("expected a number or a list of numbers, got {kind}")
 }
 
 /// The shape the decoded values take: the model's own shape when the values are a scalar or
@@ -234,76 +360,160 @@ fn fit_shape(shape: &[usize], count: usize, spec: &TensorSpec) -> Result<Vec<usi
     Ok(shape.to_vec())
 }
 
-fn convert(leaves: &[&Number], shape: Vec<usize>, dtype: DType) -> Result<Tensor, String> {
-    fn integers<T: TryFrom<i64>>(leaves: &[&Number], dtype: DType) -> Result<Vec<T>, String> {
-        leaves
-            .iter()
-            .map(|n| {
-                n.as_i64()
-                    .and_then(|v| T::try_from(v).ok())
-                    .ok_or_else(|| format!("{n} is not a valid {dtype} value"))
-            })
-            .collect()
-    }
-    /// Finite values that stay finite in the target type.
-    fn floats<T>(
-        leaves: &[&Number],
-        narrow: impl Fn(f64) -> T,
-        is_finite: impl Fn(&T) -> bool,
-    ) -> Result<Vec<T>, String> {
-        leaves
-            .iter()
-            .map(|n| {
-                let v = n
-                    .as_f64()
-                    .filter(|v| v.is_finite())
-                    .ok_or_else(|| format!("{n} is not a finite number"))?;
-                let narrowed = narrow(v);
-                if is_finite(&narrowed) {
-                    Ok(narrowed)
-                } else {
-                    Err(format!(
-                        "{v} does not fit a {} float",
-                        narrowed_name(&narrowed)
-                    ))
-                }
-            })
-            .collect()
-    }
-    fn narrowed_name<T>(_: &T) -> &'static str {
-        match std::mem::size_of::<T>() {
-            2 => "16-bit",
-            4 => "32-bit",
-            _ => "64-bit",
+/// A JSON number as the parser read it.
+#[derive(Debug, Clone, Copy)]
+enum JsonNumber {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+}
+
+impl JsonNumber {
+    fn as_i64(self) -> Option<i64> {
+        match self {
+            JsonNumber::Int(v) => Some(v),
+            JsonNumber::UInt(v) => i64::try_from(v).ok(),
+            JsonNumber::Float(_) => None,
         }
     }
-    let tensor = match dtype {
-        #[allow(clippy::cast_possible_truncation)]
-        DType::F32 => Tensor::from_vec(shape, floats(leaves, |v| v as f32, |v| v.is_finite())?),
-        DType::F64 => Tensor::from_vec(shape, floats(leaves, |v| v, |v| v.is_finite())?),
-        DType::F16 => Tensor::from_vec(shape, floats(leaves, f16::from_f64, |v| v.is_finite())?),
-        DType::BF16 => Tensor::from_vec(shape, floats(leaves, bf16::from_f64, |v| v.is_finite())?),
-        DType::I8 => Tensor::from_vec(shape, integers::<i8>(leaves, dtype)?),
-        DType::I16 => Tensor::from_vec(shape, integers::<i16>(leaves, dtype)?),
-        DType::I32 => Tensor::from_vec(shape, integers::<i32>(leaves, dtype)?),
-        DType::I64 => Tensor::from_vec(shape, integers::<i64>(leaves, dtype)?),
-        DType::U8 => Tensor::from_vec(shape, integers::<u8>(leaves, dtype)?),
-        DType::Bool => {
-            let values = integers::<i64>(leaves, dtype)?
-                .into_iter()
-                .map(|v| match v {
-                    0 => Ok(false),
-                    1 => Ok(true),
-                    other => Err(format!("{other} is not a boolean (0 or 1)")),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Tensor::from_bools(shape, &values)
+
+    #[allow(clippy::cast_precision_loss)]
+    fn as_f64(self) -> f64 {
+        match self {
+            JsonNumber::Int(v) => v as f64,
+            JsonNumber::UInt(v) => v as f64,
+            JsonNumber::Float(v) => v,
         }
-        DType::Bytes => {
-            return Err("BYTES inputs take strings, not numbers".into());
+    }
+}
+
+impl std::fmt::Display for JsonNumber {
+    /// As the client wrote it, the way `serde_json::Number` prints.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JsonNumber::Int(v) => write!(f, "{v}"),
+            JsonNumber::UInt(v) => write!(f, "{v}"),
+            JsonNumber::Float(v) => match Number::from_f64(*v) {
+                Some(number) => write!(f, "{number}"),
+                None => write!(f, "{v}"),
+            },
         }
-    };
-    tensor.map_err(|e| e.to_string())
+    }
+}
+
+/// A tensor's values in the model's element type, filled one number at a time.
+enum Typed {
+    Bool(Vec<bool>),
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    I16(Vec<i16>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    /// Numbers never fit a BYTES input.
+    Bytes,
+}
+
+impl Typed {
+    fn new(dtype: DType) -> Self {
+        match dtype {
+            DType::Bool => Typed::Bool(Vec::new()),
+            DType::U8 => Typed::U8(Vec::new()),
+            DType::I8 => Typed::I8(Vec::new()),
+            DType::I16 => Typed::I16(Vec::new()),
+            DType::I32 => Typed::I32(Vec::new()),
+            DType::I64 => Typed::I64(Vec::new()),
+            DType::F16 => Typed::F16(Vec::new()),
+            DType::BF16 => Typed::BF16(Vec::new()),
+            DType::F32 => Typed::F32(Vec::new()),
+            DType::F64 => Typed::F64(Vec::new()),
+            DType::Bytes => Typed::Bytes,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Typed::Bool(v) => v.len(),
+            Typed::U8(v) => v.len(),
+            Typed::I8(v) => v.len(),
+            Typed::I16(v) => v.len(),
+            Typed::I32(v) => v.len(),
+            Typed::I64(v) => v.len(),
+            Typed::F16(v) => v.len(),
+            Typed::BF16(v) => v.len(),
+            Typed::F32(v) => v.len(),
+            Typed::F64(v) => v.len(),
+            Typed::Bytes => 0,
+        }
+    }
+
+    /// Converts and appends one number; the error says why it does not fit.
+    fn push(&mut self, n: JsonNumber) -> Result<(), String> {
+        fn integer<T: TryFrom<i64>>(n: JsonNumber, dtype: DType) -> Result<T, String> {
+            n.as_i64()
+                .and_then(|v| T::try_from(v).ok())
+                .ok_or_else(|| format!("{n} is not a valid {dtype} value"))
+        }
+        /// A finite value that stays finite in the target type.
+        fn float<T>(
+            n: JsonNumber,
+            narrow: impl Fn(f64) -> T,
+            is_finite: impl Fn(&T) -> bool,
+            bits: u32,
+        ) -> Result<T, String> {
+            let v = n.as_f64();
+            if !v.is_finite() {
+                return Err(format!("{n} is not a finite number"));
+            }
+            let narrowed = narrow(v);
+            if is_finite(&narrowed) {
+                Ok(narrowed)
+            } else {
+                Err(format!("{v} does not fit a {bits}-bit float"))
+            }
+        }
+        match self {
+            Typed::Bool(values) => values.push(match integer::<i64>(n, DType::Bool)? {
+                0 => false,
+                1 => true,
+                other => return Err(format!("{other} is not a boolean (0 or 1)")),
+            }),
+            Typed::U8(values) => values.push(integer(n, DType::U8)?),
+            Typed::I8(values) => values.push(integer(n, DType::I8)?),
+            Typed::I16(values) => values.push(integer(n, DType::I16)?),
+            Typed::I32(values) => values.push(integer(n, DType::I32)?),
+            Typed::I64(values) => values.push(integer(n, DType::I64)?),
+            Typed::F16(values) => values.push(float(n, f16::from_f64, |v| v.is_finite(), 16)?),
+            Typed::BF16(values) => {
+                values.push(float(n, bf16::from_f64, |v| v.is_finite(), 16)?);
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            Typed::F32(values) => values.push(float(n, |v| v as f32, |v| v.is_finite(), 32)?),
+            Typed::F64(values) => values.push(float(n, |v| v, |v| v.is_finite(), 64)?),
+            Typed::Bytes => return Err("BYTES inputs take strings, not numbers".into()),
+        }
+        Ok(())
+    }
+
+    fn into_tensor(self, shape: Vec<usize>) -> Result<Tensor, String> {
+        let tensor = match self {
+            Typed::Bool(values) => Tensor::from_bools(shape, &values),
+            Typed::U8(values) => Tensor::from_vec(shape, values),
+            Typed::I8(values) => Tensor::from_vec(shape, values),
+            Typed::I16(values) => Tensor::from_vec(shape, values),
+            Typed::I32(values) => Tensor::from_vec(shape, values),
+            Typed::I64(values) => Tensor::from_vec(shape, values),
+            Typed::F16(values) => Tensor::from_vec(shape, values),
+            Typed::BF16(values) => Tensor::from_vec(shape, values),
+            Typed::F32(values) => Tensor::from_vec(shape, values),
+            Typed::F64(values) => Tensor::from_vec(shape, values),
+            Typed::Bytes => return Err("BYTES inputs take strings, not numbers".into()),
+        };
+        tensor.map_err(|e| e.to_string())
+    }
 }
 
 /// Why a row's outputs cannot be answered in JSON: the first NaN or infinite value, named

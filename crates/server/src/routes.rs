@@ -1,6 +1,6 @@
 //! The HTTP endpoints of API.md.
 
-use crate::codec::{JsonBody, Prediction, decode_sample};
+use crate::codec::{JsonBody, Prediction, decode_sample_raw, raw_kind};
 use crate::error::ApiError;
 use crate::image_input;
 use crate::processing::Preprocess;
@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use inference_core::scheduler::{InferenceRequest, SchedulerStats};
 use inference_core::{Sample, Tensor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,8 @@ const PARTIAL_FAILURE_WARNING: &str =
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
-    pub inputs: Value,
+    /// Kept as the client's JSON text: samples are decoded straight into typed buffers.
+    pub inputs: Box<RawValue>,
     #[serde(default)]
     pub priority: i32,
     /// Seconds the client is willing to wait.
@@ -121,7 +123,7 @@ fn millis(duration: Duration) -> f64 {
 /// is valid or the engine fails.
 async fn infer(
     model: &ModelHandle,
-    samples: Vec<Value>,
+    samples: Vec<Box<RawValue>>,
     priority: i32,
     timeout: Option<Duration>,
 ) -> Result<Outcome, ApiError> {
@@ -134,11 +136,11 @@ async fn infer(
 /// the async runtime.
 async fn decode_all(
     model: &ModelHandle,
-    samples: Vec<Value>,
+    samples: Vec<Box<RawValue>>,
 ) -> Result<Vec<Result<Sample, String>>, ApiError> {
     let spec = &model.info().model;
     match &model.processing.preprocess {
-        None => Ok(samples.iter().map(|v| decode_sample(v, spec)).collect()),
+        None => Ok(samples.iter().map(|v| decode_sample_raw(v, spec)).collect()),
         Some(preprocess) => {
             // The blocking thread owns what it reads; pictures dwarf these copies.
             let (spec, preprocess) = (spec.clone(), preprocess.clone());
@@ -157,18 +159,17 @@ async fn decode_all(
 
 /// A string sample is a base64 picture; anything else decodes as numbers.
 fn decode_with_image(
-    value: &Value,
+    value: &RawValue,
     spec: &inference_core::ModelSpec,
     preprocess: &Preprocess,
     max_pixels: u64,
 ) -> Result<Sample, String> {
-    match value {
-        Value::String(text) => {
-            let bytes = image_input::decode_base64(text).map_err(|e| e.to_string())?;
-            image_sample(&bytes, preprocess, max_pixels)
-        }
-        other => decode_sample(other, spec),
+    if raw_kind(value) != "a string" {
+        return decode_sample_raw(value, spec);
     }
+    let text: String = serde_json::from_str(value.get()).map_err(|e| e.to_string())?;
+    let bytes = image_input::decode_base64(&text).map_err(|e| e.to_string())?;
+    image_sample(&bytes, preprocess, max_pixels)
 }
 
 /// One picture's bytes through the model's image preprocessing.
@@ -283,7 +284,7 @@ async fn infer_decoded(
 /// One sample through [`infer`]; its failure reads as one sentence, not a list.
 async fn infer_one(
     model: &ModelHandle,
-    sample: Value,
+    sample: Box<RawValue>,
     priority: i32,
     timeout: Option<Duration>,
 ) -> Result<(Outcome, Prediction), ApiError> {
@@ -518,7 +519,7 @@ async fn batch_response(
     body: PredictRequest,
 ) -> Result<Response, ApiError> {
     let timeout = timeout_of(body.timeout)?;
-    let Value::Array(samples) = body.inputs else {
+    let Ok(samples) = serde_json::from_str::<Vec<Box<RawValue>>>(body.inputs.get()) else {
         return Err(ApiError::Unprocessable(
             "inputs must be a list of samples".into(),
         ));
@@ -568,7 +569,10 @@ pub async fn example_batch(State(state): State<AppState>, headers: HeaderMap) ->
         Err(err) => return err.into_response(),
     };
     let model = &*model;
-    let samples: Vec<Value> = EXAMPLE_BATCH_INPUTS.iter().map(|&x| json!(x)).collect();
+    let samples: Vec<Box<RawValue>> = EXAMPLE_BATCH_INPUTS
+        .iter()
+        .filter_map(|&x| serde_json::value::to_raw_value(&x).ok())
+        .collect();
     let count = samples.len();
     let outcome = match infer(model, samples, 0, None).await {
         Ok(outcome) => outcome,
@@ -616,7 +620,9 @@ pub async fn example_simple(
 ) -> Result<Response, ApiError> {
     let model = state.default_model()?;
     let model = &*model;
-    let (outcome, prediction) = infer_one(model, body.input.clone(), 0, None).await?;
+    let input = serde_json::value::to_raw_value(&body.input)
+        .map_err(|e| ApiError::Unprocessable(format!("invalid input: {e}")))?;
+    let (outcome, prediction) = infer_one(model, input, 0, None).await?;
     let mut meta = metadata(model, None);
     meta.processing_time = Some(outcome.processing);
     let response = ExampleSimpleResponse {

@@ -144,7 +144,7 @@ fn corpus() -> Vec<Case> {
             "nesting past the JSON limit",
             post_json("/predict", &format!(r#"{{"inputs": {}}}"#, nested(5000))),
             S::UNPROCESSABLE_ENTITY,
-            "nested too deeply",
+            "nested deeper than 32 levels",
         ),
         case(
             "number too large for f32",
@@ -155,8 +155,8 @@ fn corpus() -> Vec<Case> {
         case(
             "number beyond f64",
             post_json("/predict", r#"{"inputs": 1e400}"#),
-            S::BAD_REQUEST,
-            "not valid JSON",
+            S::UNPROCESSABLE_ENTITY,
+            "number out of range",
         ),
         case(
             "10^6-element array",
