@@ -7,10 +7,10 @@
 //! a picture tensor of the wrong length or with non-finite values).
 
 use inference_core::{DType, ModelSpec, Sample, TensorSpec};
-use inference_server::codec::{Prediction, decode_sample, parse_json};
+use inference_server::codec::{Prediction, decode_sample_raw, parse_json, raw_kind};
 use inference_server::image_input::{self, ChannelOrder, ImagePreprocess, Layout};
 use inference_server::routes::{PredictRequest, SimpleExampleRequest};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Pixel budget of the image target: small enough that the fuzzer does not spend its time
 /// on huge allocations, large enough that every code path stays reachable.
@@ -79,9 +79,10 @@ pub fn image_specs() -> [ImagePreprocess; 2] {
     ]
 }
 
-/// Decodes `value` for `model` the way the predict endpoints do, and checks what comes out.
-fn decode_and_check(value: &Value, model: &ModelSpec) {
-    let Ok(sample) = decode_sample(value, model) else {
+/// Decodes one sample's JSON text for `model` as the predict endpoints do, and checks what
+/// comes out.
+fn decode_and_check(raw: &RawValue, model: &ModelSpec) {
+    let Ok(sample) = decode_sample_raw(raw, model) else {
         return;
     };
     if let Err(reason) = model.check_sample(&sample) {
@@ -110,23 +111,36 @@ fn assert_finite(sample: &Sample) {
     }
 }
 
-/// A sample as `/predict` receives it in `inputs`; a list is also decoded element by
-/// element, as `/predict/batch` does.
-fn decode_inputs(inputs: &Value, models: &[ModelSpec]) {
+/// `inputs` as `/predict` decodes it, one sample; a list is also split into samples and
+/// each decoded, as `/predict/batch` does. A string sample is a picture in base64 for an
+/// image model, decoded here up to its bytes (the image target takes it from there).
+fn decode_inputs(inputs: &RawValue, models: &[ModelSpec]) {
     for model in models {
         decode_and_check(inputs, model);
-        if let Value::Array(samples) = inputs {
-            for sample in samples {
-                decode_and_check(sample, model);
+    }
+    if raw_kind(inputs) != "a list" {
+        return;
+    }
+    let Ok(samples) = serde_json::from_str::<Vec<Box<RawValue>>>(inputs.get()) else {
+        return;
+    };
+    for sample in &samples {
+        if raw_kind(sample) == "a string" {
+            if let Ok(text) = serde_json::from_str::<String>(sample.get()) {
+                let _ = image_input::decode_base64(&text);
             }
+            continue;
+        }
+        for model in models {
+            decode_and_check(sample, model);
         }
     }
 }
 
 /// The JSON sample decoder: the bytes are one sample (`inputs` of a predict body).
 pub fn json_sample(data: &[u8]) {
-    if let Ok(value) = serde_json::from_slice::<Value>(data) {
-        decode_inputs(&value, &sample_models());
+    if let Ok(raw) = serde_json::from_slice::<Box<RawValue>>(data) {
+        decode_inputs(&raw, &sample_models());
     }
 }
 
@@ -135,14 +149,14 @@ pub fn json_sample(data: &[u8]) {
 /// function and then decoded.
 pub fn seed_bodies(data: &[u8]) {
     let example = [example_model()];
-    if let Ok(request) = parse_json::<PredictRequest>(data)
-        && let Ok(inputs) = serde_json::from_str::<Value>(request.inputs.get())
-    {
-        decode_inputs(&inputs, &example);
-        decode_inputs(&inputs, &sample_models());
+    if let Ok(request) = parse_json::<PredictRequest>(data) {
+        decode_inputs(&request.inputs, &example);
+        decode_inputs(&request.inputs, &sample_models());
     }
-    if let Ok(request) = parse_json::<SimpleExampleRequest>(data) {
-        decode_and_check(&request.input, &example[0]);
+    if let Ok(request) = parse_json::<SimpleExampleRequest>(data)
+        && let Ok(input) = serde_json::value::to_raw_value(&request.input)
+    {
+        decode_and_check(&input, &example[0]);
     }
 }
 
