@@ -14,7 +14,9 @@
 //! The server is the release binary, started on a free port with the `INFERENCE_…`
 //! variables of this process, so admission settings can be compared from the outside.
 
-use anyhow::{Context, Result, bail, ensure};
+mod support;
+
+use anyhow::{Context, Result, ensure};
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -23,14 +25,12 @@ use hyper::header::{CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use support::{ServerProcess, default_server_binary};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
 #[derive(Debug, Parser)]
@@ -64,87 +64,6 @@ struct Args {
 
 /// How long answers may still come in after a level's last request was due.
 const GRACE: Duration = Duration::from_secs(10);
-
-/// The release server binary running as a child process on a free port.
-struct ServerProcess {
-    child: Child,
-    pid: u32,
-    /// `host:port`.
-    addr: String,
-    /// What the server wrote to stderr beyond its startup lines (request logging is off,
-    /// so these are warnings and errors).
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl ServerProcess {
-    /// Starts `binary` on port 0, learns the port from its "listening on" line and waits
-    /// until `/health` answers 200.
-    async fn start(binary: &Path, model_dir: &Path) -> Result<Self> {
-        let mut child = Command::new(binary)
-            .args(["--port", "0", "--model-dir"])
-            .arg(model_dir)
-            // One line per request would cost the server more than the requests do.
-            .env("RUST_LOG", "warn,inference_server::serve=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let pid = child.id().context("the server exited at once")?;
-        let mut lines = BufReader::new(child.stderr.take().context("stderr is piped")?).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let addr = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr: String = rest
-                        .chars()
-                        .take_while(|c| !c.is_whitespace() && *c != '"')
-                        .collect();
-                    return Ok(addr);
-                }
-                log.lock().unwrap().push(line);
-            }
-            bail!("the server exited: {:?}", log.lock().unwrap())
-        })
-        .await
-        .context("the server did not log its address within 60 s")??;
-        let sink = Arc::clone(&log);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let health = client.get(format!("http://{addr}/health")).send().await;
-            if health.is_ok_and(|response| response.status() == 200) {
-                break;
-            }
-            ensure!(Instant::now() < deadline, "the model never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(Self {
-            child,
-            pid,
-            addr,
-            log,
-        })
-    }
-
-    /// Sends SIGTERM and waits for the server to exit.
-    async fn stop(mut self) -> Result<()> {
-        std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()?;
-        let exit = tokio::time::timeout(Duration::from_secs(40), self.child.wait())
-            .await
-            .context("the server did not exit within 40 s of SIGTERM")??;
-        ensure!(exit.success(), "the server exited with {exit}");
-        Ok(())
-    }
-}
 
 type Connection = SendRequest<Full<Bytes>>;
 
@@ -256,7 +175,7 @@ async fn main() -> Result<()> {
         .model_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/example"));
-    let server = ServerProcess::start(&binary, &model_dir).await?;
+    let server = ServerProcess::start(&binary, &model_dir, &[]).await?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "goodput of POST /predict on {} (model {}); generator and server share this \
@@ -321,23 +240,7 @@ async fn main() -> Result<()> {
             println!("  {line}");
         }
     }
-    server.stop().await
-}
-
-/// The server binary of the same build: examples live one folder below it.
-fn default_server_binary() -> Result<PathBuf> {
-    let example = std::env::current_exe()?;
-    let profile_dir = example
-        .parent()
-        .and_then(Path::parent)
-        .context("this example is not inside a target folder")?;
-    let binary = profile_dir.join("inference-server");
-    ensure!(
-        binary.is_file(),
-        "{} is missing: build it with `cargo build --release -p inference-server`, or pass --server",
-        binary.display()
-    );
-    Ok(binary)
+    server.stop(Duration::from_secs(40)).await
 }
 
 /// Fails early, with the remedy, when this process may not open enough connections.

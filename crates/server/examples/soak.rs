@@ -14,17 +14,18 @@
 //! from `/proc`, and its queue depth from `GET /stats`. The run fails when a request was
 //! lost or when a resource kept growing (see `check_growth` and `check_idle`).
 
+mod support;
+
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use support::{ServerProcess, default_server_binary};
+use tokio::io::AsyncWriteExt;
 
 #[derive(Debug, Parser)]
 #[command(about = "Mixed traffic against the release server, sampling its resources")]
@@ -196,93 +197,6 @@ struct Sample {
     requests: u64,
 }
 
-/// The release server binary running as a child process on a free port.
-struct ServerProcess {
-    child: Child,
-    pid: u32,
-    base: String,
-    /// What the server wrote to stderr beyond its startup lines (request logging is off,
-    /// so these are warnings and errors).
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl ServerProcess {
-    /// Starts `binary` on port 0, learns the port from its "listening on" line and waits
-    /// until `/health` answers 200.
-    async fn start(binary: &Path, model_dir: &Path, envs: &[(&str, String)]) -> Result<Self> {
-        let mut child = Command::new(binary)
-            .args(["--port", "0", "--model-dir"])
-            .arg(model_dir)
-            // One line per request would cost the server more than the traffic does.
-            .env("RUST_LOG", "warn,inference_server::serve=info")
-            .envs(envs.iter().map(|(name, value)| (name, value)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let pid = child.id().context("the server exited at once")?;
-        let mut lines = BufReader::new(child.stderr.take().context("stderr is piped")?).lines();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let addr = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr: String = rest
-                        .chars()
-                        .take_while(|c| !c.is_whitespace() && *c != '"')
-                        .collect();
-                    return Ok(addr);
-                }
-                log.lock().unwrap().push(line);
-            }
-            bail!("the server exited: {:?}", log.lock().unwrap())
-        })
-        .await
-        .context("the server did not log its address within 60 s")??;
-        let sink = Arc::clone(&log);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let server = Self {
-            child,
-            pid,
-            base: format!("http://{addr}"),
-            log,
-        };
-        server.wait_ready().await?;
-        Ok(server)
-    }
-
-    async fn wait_ready(&self) -> Result<()> {
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let health = client.get(format!("{}/health", self.base)).send().await;
-            if health.is_ok_and(|response| response.status() == 200) {
-                return Ok(());
-            }
-            ensure!(Instant::now() < deadline, "the model never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Sends SIGTERM and waits for a clean exit.
-    async fn stop(mut self) -> Result<()> {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()?;
-        ensure!(status.success(), "cannot signal the server");
-        let exit = tokio::time::timeout(SETTLE_TIMEOUT, self.child.wait())
-            .await
-            .context("the server did not exit within 15 s of SIGTERM")??;
-        ensure!(exit.success(), "the server exited with {exit}");
-        Ok(())
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -317,7 +231,7 @@ async fn main() -> Result<()> {
          max_concurrent_requests {MAX_CONCURRENT_REQUESTS}, max_queue_size {MAX_QUEUE_SIZE}, \
          max_body_bytes {MAX_BODY_BYTES}; idle: {:.1} MB, {} fds, {} threads",
         args.secs,
-        server.base,
+        server.base(),
         server.pid,
         args.clients,
         args.burst,
@@ -330,7 +244,7 @@ async fn main() -> Result<()> {
     let tally = SharedTally::default();
     let started = Instant::now();
     let stop = started + Duration::from_secs_f64(args.secs);
-    let traffic = Traffic::new(&server.base)?;
+    let traffic = Traffic::new(&server.base())?;
     let mut workers = Vec::new();
     for _ in 0..args.clients {
         let (traffic, tally) = (traffic.clone(), Arc::clone(&tally));
@@ -370,7 +284,7 @@ async fn main() -> Result<()> {
         }
     }
     server
-        .stop()
+        .stop(SETTLE_TIMEOUT)
         .await
         .context("the server did not shut down cleanly")?;
 
@@ -385,22 +299,6 @@ async fn main() -> Result<()> {
     }
     println!("soak passed");
     Ok(())
-}
-
-/// The server binary of the same build: examples live one folder below it.
-fn default_server_binary() -> Result<PathBuf> {
-    let example = std::env::current_exe()?;
-    let profile_dir = example
-        .parent()
-        .and_then(Path::parent)
-        .context("this example is not inside a target folder")?;
-    let binary = profile_dir.join("inference-server");
-    ensure!(
-        binary.is_file(),
-        "{} is missing: build it with `cargo build --release -p inference-server`, or pass --server",
-        binary.display()
-    );
-    Ok(binary)
 }
 
 /// Sends requests of every kind; cheap to clone (the connection pools are shared).
@@ -622,7 +520,7 @@ async fn sample_until(
     while Instant::now() < stop {
         tick.tick().await;
         let mut sample = read_process(server.pid)?;
-        sample.queue = queue_depth(&client, &server.base).await;
+        sample.queue = queue_depth(&client, &server.base()).await;
         sample.secs = started.elapsed().as_secs_f64();
         let (requests, lost) = {
             let tally = tally.lock().unwrap();
@@ -661,7 +559,7 @@ async fn settle(server: &ServerProcess, idle_fds: u64, started: Instant) -> Sett
         let Ok(mut sample) = read_process(server.pid) else {
             break;
         };
-        sample.queue = queue_depth(&client, &server.base).await;
+        sample.queue = queue_depth(&client, &server.base()).await;
         sample.secs = started.elapsed().as_secs_f64();
         last = Some(sample);
         // The one connection of this client stays open while it asks.
