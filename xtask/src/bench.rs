@@ -19,9 +19,56 @@ enum Bench {
     /// In-process forward passes per second of one model (default: ResNet-18, exported
     /// when missing) on every backend, per batch size (release build, all backends).
     Engines(EnginesArgs),
+    /// Requests/s and p50/p99 of the served routes under `oha` at several concurrencies,
+    /// each beside a bare axum floor measured moments apart; start to ready and idle RSS.
+    Http(HttpArgs),
     /// Requests/s answered 200 by POST /predict under open-loop load at 0.5x, 1x, 2x and
     /// 4x the measured closed-loop capacity (release build of the server binary).
     Goodput(GoodputArgs),
+}
+
+/// Flags left unset take the example's defaults.
+#[derive(Debug, Default, clap::Args)]
+struct HttpArgs {
+    /// Seconds of load per cell [example default: 5].
+    #[arg(long)]
+    secs: Option<f64>,
+    /// Comma-separated connection counts [example default: 1,16,64].
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// Backend of the served models; ort and tch build the server with every backend
+    /// [example default: candle].
+    #[arg(long)]
+    backend: Option<String>,
+    /// Folder for `http.json` and `http.md` [example default: target/bench].
+    #[arg(long, value_name = "DIR")]
+    out: Option<std::path::PathBuf>,
+}
+
+impl HttpArgs {
+    fn forwarded(&self, oha: &std::path::Path) -> Result<Vec<String>> {
+        let mut args = vec!["--oha".to_string(), oha.display().to_string()];
+        if let Some(secs) = self.secs {
+            args.extend(["--secs".to_string(), secs.to_string()]);
+        }
+        if !self.concurrency.is_empty() {
+            let counts: Vec<String> = self.concurrency.iter().map(usize::to_string).collect();
+            args.extend(["--concurrency".to_string(), counts.join(",")]);
+        }
+        if let Some(backend) = &self.backend {
+            args.extend(["--backend".to_string(), backend.clone()]);
+        }
+        if let Some(dir) = &self.out {
+            let dir = std::path::absolute(dir)?;
+            args.extend(["--out".to_string(), dir.display().to_string()]);
+        }
+        Ok(args)
+    }
+
+    /// Whether the server needs the libtorch and ONNX Runtime backends compiled in.
+    fn needs_runtimes(&self) -> bool {
+        self.backend.as_deref().is_some_and(|b| b != "candle")
+    }
 }
 
 /// Flags left unset take the example's defaults.
@@ -144,6 +191,19 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             }
             run_example("bench_engines", &engines.forwarded(), Some(&runtimes))
         }
+        Bench::Http(http) => {
+            let runtimes = if http.needs_runtimes() {
+                Some(crate::setup::ensure_installed()?)
+            } else {
+                None
+            };
+            if runtimes.is_some() {
+                crate::export::ensure_resnet18(runtimes.as_ref().expect("checked"))?;
+            }
+            let oha = ensure_oha()?;
+            build_release(&["bench_http", "http_floor"], runtimes.as_ref())?;
+            run_example("bench_http", &http.forwarded(&oha)?, runtimes.as_ref())
+        }
         Bench::Goodput(goodput) => {
             build_release_server("bench_goodput")?;
             run_example("bench_goodput", &goodput.forwarded()?, None)
@@ -155,14 +215,61 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
 /// process (it finds the binary next to its own folder), in one invocation with the
 /// example: both then share one feature set, and `run_example` has nothing left to build.
 pub(crate) fn build_release_server(example: &str) -> Result<()> {
+    build_release(&[example], None)
+}
+
+/// Builds the release server binary and `examples` in one invocation (one feature set);
+/// with `runtimes`, every backend is compiled in.
+fn build_release(examples: &[&str], runtimes: Option<&crate::setup::Runtimes>) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .args(["build", "--release", "-p", "inference-server"])
-        .args(["--bin", "inference-server", "--example", example])
-        .current_dir(workspace_root());
+        .args(["--bin", "inference-server"]);
+    for example in examples {
+        command.args(["--example", example]);
+    }
+    if let Some(runtimes) = runtimes {
+        command.args(["--features", "ort,tch"]);
+        command.envs(runtimes.build_env());
+    }
+    command.current_dir(workspace_root());
     run_to_end(&mut command)
 }
+
+/// The `oha` load generator: on the `PATH`, else in cargo's bin folder, else installed
+/// from crates.io (a few minutes, once).
+fn ensure_oha() -> Result<std::path::PathBuf> {
+    let found = |path: &std::path::Path| {
+        Command::new(path)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    let on_path = std::path::PathBuf::from("oha");
+    if found(&on_path) {
+        return Ok(on_path);
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let installed = cargo_home.join("bin/oha");
+    if !found(&installed) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        run_to_end(Command::new(cargo).args([
+            "install",
+            "oha",
+            "--version",
+            OHA_VERSION,
+            "--locked",
+        ]))?;
+    }
+    Ok(installed)
+}
+
+/// The load generator's version, pinned so that figures from different days compare.
+const OHA_VERSION: &str = "1.16.0";
 
 /// Builds and runs a server example in release mode, its output straight to the terminal;
 /// with `runtimes`, every backend is compiled in.

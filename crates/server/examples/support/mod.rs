@@ -19,6 +19,8 @@ pub(crate) struct ServerProcess {
     /// What the server wrote to stderr beyond its startup lines (request logging is off,
     /// so these are warnings and errors).
     pub(crate) log: Arc<Mutex<Vec<String>>>,
+    /// From the start of the process until its ready path first answered 200.
+    pub(crate) ready_after: Duration,
 }
 
 impl ServerProcess {
@@ -29,18 +31,32 @@ impl ServerProcess {
         model_dir: &Path,
         envs: &[(&str, String)],
     ) -> Result<Self> {
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["--port", "0", "--model-dir"])
             .arg(model_dir)
             // One line per request would cost the server more than the requests do.
             .env("RUST_LOG", "warn,inference_server::serve=info")
-            .envs(envs.iter().map(|(name, value)| (name, value)))
+            .envs(envs.iter().map(|(name, value)| (name, value)));
+        Self::spawn(command, "/health").await
+    }
+
+    /// Starts `command`, which must log `listening on http://ADDR` on stderr, and waits
+    /// until `ready_path` answers 200.
+    pub(crate) async fn spawn(mut command: Command, ready_path: &str) -> Result<Self> {
+        let program = command
+            .as_std()
+            .get_program()
+            .to_string_lossy()
+            .into_owned();
+        let started = Instant::now();
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
+            .with_context(|| format!("cannot start {program}"))?;
         let pid = child.id().context("the server exited at once")?;
         let mut lines = BufReader::new(child.stderr.take().context("stderr is piped")?).lines();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -68,19 +84,36 @@ impl ServerProcess {
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let health = client.get(format!("http://{addr}/health")).send().await;
+            let health = client
+                .get(format!("http://{addr}{ready_path}"))
+                .send()
+                .await;
             if health.is_ok_and(|response| response.status() == 200) {
                 break;
             }
             ensure!(Instant::now() < deadline, "the model never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Often enough to time a start of a few tens of milliseconds.
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
         Ok(Self {
             child,
             pid,
             addr,
             log,
+            ready_after: started.elapsed(),
         })
+    }
+
+    /// Resident memory now, in MiB.
+    pub(crate) fn rss_mib(&self) -> Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .context("no VmRSS line in /proc/PID/status")?
+            .parse()?;
+        Ok(kib / 1024.0)
     }
 
     /// `http://host:port`.
@@ -116,4 +149,127 @@ pub(crate) fn default_server_binary() -> Result<PathBuf> {
         binary.display()
     );
     Ok(binary)
+}
+
+/// Another example of this build, in the same folder as the running one.
+pub(crate) fn sibling_example(name: &str) -> Result<PathBuf> {
+    let example = std::env::current_exe()?;
+    let binary = example
+        .parent()
+        .context("this example has no folder")?
+        .join(name);
+    ensure!(
+        binary.is_file(),
+        "{} is missing: build it with `cargo build --release -p inference-server --example {name}`",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+/// The `oha` load generator, read through its JSON output.
+pub(crate) struct Oha {
+    binary: PathBuf,
+}
+
+/// One `oha` run: closed loop, keep-alive, a fixed number of connections.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct OhaRun {
+    pub(crate) requests_per_s: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    /// Answers with a 2xx status.
+    pub(crate) ok: u64,
+    /// Answers with any other status, and requests that got no answer.
+    pub(crate) errors: u64,
+    pub(crate) statuses: std::collections::BTreeMap<String, u64>,
+}
+
+impl Oha {
+    pub(crate) fn new(binary: &Path) -> Result<Self> {
+        let version = std::process::Command::new(binary)
+            .arg("--version")
+            .output()
+            .with_context(|| {
+                format!(
+                    "cannot run {} (cargo install oha, or pass --oha)",
+                    binary.display()
+                )
+            })?;
+        ensure!(
+            version.status.success(),
+            "{} --version failed",
+            binary.display()
+        );
+        Ok(Self {
+            binary: binary.to_path_buf(),
+        })
+    }
+
+    /// POSTs the JSON in `body` to `url` from `connections` connections for `secs` seconds;
+    /// requests still running at the end are waited for, not counted as errors.
+    pub(crate) async fn run(
+        &self,
+        url: &str,
+        connections: usize,
+        secs: f64,
+        body: &Path,
+    ) -> Result<OhaRun> {
+        let output = Command::new(&self.binary)
+            .args(["--no-tui", "--output-format", "json", "-w"])
+            .args(["-z", &format!("{secs}s"), "-c", &connections.to_string()])
+            .args(["-m", "POST", "-T", "application/json", "-D"])
+            .arg(body)
+            .arg(url)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("cannot run oha")?;
+        ensure!(
+            output.status.success(),
+            "oha failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).context("oha printed no JSON")?;
+        Self::parse(&report)
+    }
+
+    fn parse(report: &serde_json::Value) -> Result<OhaRun> {
+        let number = |pointer: &str| {
+            report
+                .pointer(pointer)
+                .and_then(serde_json::Value::as_f64)
+                .with_context(|| format!("oha's JSON has no number at {pointer}"))
+        };
+        let mut statuses = std::collections::BTreeMap::new();
+        let mut ok = 0;
+        let mut errors = 0;
+        if let Some(codes) = report["statusCodeDistribution"].as_object() {
+            for (code, count) in codes {
+                let count = count.as_u64().unwrap_or(0);
+                if code.starts_with('2') {
+                    ok += count;
+                } else {
+                    errors += count;
+                }
+                statuses.insert(code.clone(), count);
+            }
+        }
+        if let Some(failures) = report["errorDistribution"].as_object() {
+            for (error, count) in failures {
+                let count = count.as_u64().unwrap_or(0);
+                errors += count;
+                statuses.insert(error.clone(), count);
+            }
+        }
+        Ok(OhaRun {
+            requests_per_s: number("/summary/requestsPerSec")?,
+            p50_ms: number("/latencyPercentiles/p50")? * 1e3,
+            p99_ms: number("/latencyPercentiles/p99")? * 1e3,
+            ok,
+            errors,
+            statuses,
+        })
+    }
 }

@@ -1,0 +1,325 @@
+//! The served routes under a real load generator, beside the HTTP floor.
+//!
+//! Run through `cargo xtask bench http`, which builds this example, the release server and
+//! the floor (`examples/http_floor.rs`) and installs `oha`. For each route and concurrency
+//! the floor and the server are driven in turn with the same `oha` command (closed loop,
+//! keep-alive), so every figure sits beside its ratio to the floor measured moments apart.
+//! Also measured: the engine's own batch-1 forward pass in-process, so that server overhead
+//! = served p50 at concurrency 1 minus engine p50; and start to ready and idle memory.
+//!
+//! Writes `http.json` and `http.md` to `--out` (default `target/bench`).
+
+mod support;
+
+use anyhow::{Result, ensure};
+use base64::Engine as _;
+use clap::Parser;
+use inference_core::{Batch, EngineOptions, ModelManifest, Sample};
+use inference_server::backends;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support::{Oha, ServerProcess, default_server_binary, sibling_example};
+
+#[derive(Debug, Parser)]
+#[command(about = "Served routes under oha beside a bare axum floor")]
+struct Args {
+    /// Seconds of load per cell.
+    #[arg(long, default_value_t = 5.0)]
+    secs: f64,
+    /// Comma-separated connection counts.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64])]
+    concurrency: Vec<usize>,
+    /// Backend the server runs its models on (it must be compiled in).
+    #[arg(long, default_value = "candle")]
+    backend: String,
+    /// The model repository [default: models/ of this checkout].
+    #[arg(long, value_name = "DIR")]
+    model_dir: Option<PathBuf>,
+    /// The `oha` binary.
+    #[arg(long, default_value = "oha")]
+    oha: PathBuf,
+    /// Folder for `http.json` and `http.md`.
+    #[arg(long, value_name = "DIR", default_value = "target/bench")]
+    out: PathBuf,
+}
+
+/// One route with its body, as the server and (when it has the route) the floor get it.
+struct Scenario {
+    name: &'static str,
+    path: String,
+    body: Vec<u8>,
+    /// Whether the floor answers this route with a document of the same shape.
+    floor: bool,
+    /// Rows per request, for rows/s.
+    rows: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    scenario: &'static str,
+    concurrency: usize,
+    server: support::OhaRun,
+    floor: Option<support::OhaRun>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    backend: String,
+    secs: f64,
+    engine_p50_ms: f64,
+    resnet_engine_best_rows_per_s: Option<f64>,
+    server_start_to_ready_ms: f64,
+    server_idle_rss_mib: f64,
+    floor_idle_rss_mib: f64,
+    rows: Vec<Row>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(args.secs > 0.0, "--secs must be positive");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model_dir = args
+        .model_dir
+        .clone()
+        .unwrap_or_else(|| root.join("models"));
+    let oha = Oha::new(&args.oha)?;
+
+    // In-process first, on a quiet machine.
+    let example = ModelManifest::load(&model_dir.join("example"))?;
+    let engine_p50 = engine_pass_times(&args.backend, &example, 1, 2.0)
+        .await?
+        .p50;
+    let resnet_dir = model_dir.join("resnet18");
+    let resnet = resnet_dir.join("model.toml").is_file();
+    let resnet_best = if resnet {
+        let manifest = ModelManifest::load(&resnet_dir)?;
+        let mut best: f64 = 0.0;
+        for size in [1, 8, 32] {
+            let times = engine_pass_times(&args.backend, &manifest, size, 3.0).await?;
+            best = best.max(size as f64 / times.p50.as_secs_f64());
+        }
+        Some(best)
+    } else {
+        None
+    };
+
+    let mut server_command = tokio::process::Command::new(default_server_binary()?);
+    server_command
+        .args(["--port", "0", "--backend", &args.backend, "--model-dir"])
+        .arg(&model_dir);
+    let server = ServerProcess::spawn(server_command, "/health").await?;
+    let floor_command = tokio::process::Command::new(sibling_example("http_floor")?);
+    let floor = ServerProcess::spawn(floor_command, "/health").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let server_idle_rss = server.rss_mib()?;
+    let floor_idle_rss = floor.rss_mib()?;
+
+    let mut scenarios = vec![
+        Scenario {
+            name: "/predict",
+            path: "/predict".into(),
+            body: br#"{"inputs": 2}"#.to_vec(),
+            floor: true,
+            rows: 1,
+        },
+        Scenario {
+            name: "/predict/batch (8)",
+            path: "/predict/batch".into(),
+            body: br#"{"inputs": [1, 2, 3, 4, 5, 6, 7, 8]}"#.to_vec(),
+            floor: true,
+            rows: 8,
+        },
+    ];
+    if resnet {
+        // A 97x301 picture of 61 KB: resized, cropped and normalized like any photo.
+        let picture = std::fs::read(resnet_dir.join("images/odd.png"))?;
+        let text = base64::engine::general_purpose::STANDARD.encode(picture);
+        scenarios.push(Scenario {
+            name: "resnet18, base64 PNG",
+            path: "/models/resnet18/predict".into(),
+            body: format!(r#"{{"inputs": "{text}"}}"#).into_bytes(),
+            floor: false,
+            rows: 1,
+        });
+    }
+
+    let scratch = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+    for scenario in &scenarios {
+        let body = scratch.path().join("body.json");
+        std::fs::write(&body, &scenario.body)?;
+        // A short run of each first: connections, caches and the allocator warm up.
+        oha.run(
+            &format!("{}{}", server.base(), scenario.path),
+            4,
+            1.0,
+            &body,
+        )
+        .await?;
+        if scenario.floor {
+            oha.run(&format!("{}{}", floor.base(), scenario.path), 4, 1.0, &body)
+                .await?;
+        }
+        for &concurrency in &args.concurrency {
+            let floor_run = if scenario.floor {
+                let url = format!("{}{}", floor.base(), scenario.path);
+                Some(oha.run(&url, concurrency, args.secs, &body).await?)
+            } else {
+                None
+            };
+            let url = format!("{}{}", server.base(), scenario.path);
+            let server_run = oha.run(&url, concurrency, args.secs, &body).await?;
+            eprintln!(
+                "{} c={concurrency}: server {:.0} req/s p50 {:.3} ms{}",
+                scenario.name,
+                server_run.requests_per_s,
+                server_run.p50_ms,
+                floor_run.as_ref().map_or(String::new(), |f| format!(
+                    ", floor {:.0} req/s p50 {:.3} ms",
+                    f.requests_per_s, f.p50_ms
+                ))
+            );
+            rows.push(Row {
+                scenario: scenario.name,
+                concurrency,
+                server: server_run,
+                floor: floor_run,
+            });
+        }
+    }
+    let server_ready_after = server.ready_after;
+    server.stop(Duration::from_secs(10)).await?;
+    drop(floor);
+
+    let report = Report {
+        backend: args.backend.clone(),
+        secs: args.secs,
+        engine_p50_ms: engine_p50.as_secs_f64() * 1e3,
+        resnet_engine_best_rows_per_s: resnet_best,
+        server_start_to_ready_ms: server_ready_after.as_secs_f64() * 1e3,
+        server_idle_rss_mib: server_idle_rss,
+        floor_idle_rss_mib: floor_idle_rss,
+        rows,
+    };
+    let markdown = render(&report, &scenarios);
+    println!("{markdown}");
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(
+        args.out.join("http.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    std::fs::write(args.out.join("http.md"), markdown)?;
+    eprintln!("wrote {}", args.out.join("http.{json,md}").display());
+    Ok(())
+}
+
+struct PassTimes {
+    p50: Duration,
+}
+
+/// Median forward pass of `size` zero rows through the engine, first pass excluded.
+async fn engine_pass_times(
+    backend: &str,
+    manifest: &ModelManifest,
+    size: usize,
+    seconds: f64,
+) -> Result<PassTimes> {
+    let engine = {
+        let (backend, manifest) = (backend.to_string(), manifest.clone());
+        tokio::task::spawn_blocking(move || {
+            backends::load(&backend, &manifest, &EngineOptions::default())
+        })
+        .await??
+    };
+    let rows: Vec<Sample> = (0..size)
+        .map(|_| engine.info().model.zero_sample())
+        .collect();
+    let batch = Batch::stack(&rows)?;
+    engine.infer(batch.clone()).await?;
+    let budget = Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < 3 || started.elapsed() < budget {
+        let pass = Instant::now();
+        engine.infer(batch.clone()).await?;
+        times.push(pass.elapsed());
+    }
+    times.sort_unstable();
+    Ok(PassTimes {
+        p50: times[times.len() / 2],
+    })
+}
+
+fn render(report: &Report, scenarios: &[Scenario]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "backend {}, {} s per cell; server start to ready {:.0} ms, idle RSS {:.1} MiB (floor {:.1} MiB)\n",
+        report.backend,
+        report.secs,
+        report.server_start_to_ready_ms,
+        report.server_idle_rss_mib,
+        report.floor_idle_rss_mib
+    );
+    let _ = writeln!(
+        out,
+        "| route | conc. | req/s | × floor | rows/s | p50 ms | floor p50 ms | p99 ms | floor p99 ms | errors |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &report.rows {
+        let rows_per_request = scenarios
+            .iter()
+            .find(|s| s.name == row.scenario)
+            .map_or(1, |s| s.rows);
+        let server = &row.server;
+        let (ratio, floor_p50, floor_p99) = match &row.floor {
+            Some(floor) => (
+                format!("{:.2}", server.requests_per_s / floor.requests_per_s),
+                format!("{:.3}", floor.p50_ms),
+                format!("{:.3}", floor.p99_ms),
+            ),
+            None => ("".into(), "".into(), "".into()),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {ratio} | {:.0} | {:.3} | {floor_p50} | {:.3} | {floor_p99} | {} |",
+            row.scenario,
+            row.concurrency,
+            server.requests_per_s,
+            server.requests_per_s * rows_per_request as f64,
+            server.p50_ms,
+            server.p99_ms,
+            server.errors
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "engine p50 at batch 1 (example, in-process): {:.3} ms",
+        report.engine_p50_ms
+    );
+    if let Some(row) = report
+        .rows
+        .iter()
+        .find(|r| r.scenario == "/predict" && r.concurrency == 1)
+    {
+        let _ = writeln!(
+            out,
+            "server overhead at concurrency 1: {:.3} ms (served p50 − engine p50); floor p50 + {:.3} ms",
+            row.server.p50_ms - report.engine_p50_ms,
+            row.floor
+                .as_ref()
+                .map_or(f64::NAN, |f| row.server.p50_ms - f.p50_ms)
+        );
+    }
+    if let Some(best) = report.resnet_engine_best_rows_per_s {
+        let _ = writeln!(
+            out,
+            "resnet18 in-process best: {best:.1} rows/s (batch 1, 8 or 32)"
+        );
+    }
+    out
+}
