@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# The one command of a GPU session: `bash scripts/gpu-check.sh` from the repository root.
-# Prints what the machine has, then runs `cargo xtask gpu-check` with its whole log in
-# $OUT (the device tool brings that folder back), else in target/gpu-check.
+# Runs `cargo xtask gpu-check` on a machine with an NVIDIA GPU, from any directory:
+#   bash scripts/gpu-check.sh [--out DIR] [other gpu-check flags]
+# DIR (default target/gpu-check) gets what the machine has (machine.txt), the whole log
+# (gpu-check.log) and the check's report and per-backend logs.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-out="${OUT:-target/gpu-check}"
-mkdir -p "$out"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+out="$root/target/gpu-check"
+args=()
+while (($#)); do
+    case "$1" in
+        --out) out="${2:?--out needs a directory}"; shift 2 ;;
+        --out=*) out="${1#--out=}"; shift ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+# A relative DIR is taken from where the script was called, as any command's would be.
+mkdir -p "$out" && out="$(cd "$out" && pwd)" || exit 2
+cd "$root" || exit 2
 {
     echo "== machine"
     nvidia-smi -L || echo "nvidia-smi: not found"
@@ -17,5 +28,5 @@ if ! command -v cargo >/dev/null; then
     echo "no cargo here: gpu-check builds the backends from source with cargo" >&2
     exit 2
 fi
-cargo xtask gpu-check "$@" 2>&1 | tee "$out/gpu-check.log"
+cargo xtask gpu-check --out "$out" "${args[@]}" 2>&1 | tee "$out/gpu-check.log"
 exit "${PIPESTATUS[0]}"

@@ -22,6 +22,9 @@ enum Bench {
     /// Requests/s and p50/p99 of the served routes under `oha` at several concurrencies,
     /// each beside a bare axum floor measured moments apart; start to ready and idle RSS.
     Http(HttpArgs),
+    /// Our server beside TorchServe 0.12 (installed into the setup venv) on the same
+    /// TorchScript files, under the same oha load, alternating; start to ready, idle RSS.
+    Peers(crate::peers::PeersArgs),
     /// Requests/s answered 200 by POST /predict under open-loop load at 0.5x, 1x, 2x and
     /// 4x the measured closed-loop capacity (release build of the server binary).
     Goodput(GoodputArgs),
@@ -33,7 +36,7 @@ struct HttpArgs {
     /// Seconds of load per cell [example default: 5].
     #[arg(long)]
     secs: Option<f64>,
-    /// Comma-separated connection counts [example default: 1,16,64].
+    /// Comma-separated connection counts [example default: 1,16,32,64].
     #[arg(long, value_delimiter = ',')]
     concurrency: Vec<usize>,
     /// Backend of the served models; ort and tch build the server with every backend
@@ -103,39 +106,76 @@ impl GoodputArgs {
     }
 }
 
+/// Flags left unset take the example's defaults.
 #[derive(Debug, Default, clap::Args)]
 struct EnginesArgs {
-    /// The model's folder [example default: models/resnet18].
+    /// The model repository [example default: models/ of this checkout].
     #[arg(long, value_name = "DIR")]
     model_dir: Option<std::path::PathBuf>,
-    /// Comma-separated batch sizes [example default: 1,8,32].
+    /// Comma-separated model folders of the repository [example default: example,resnet18;
+    /// resnet18 is exported first when the default repository is used].
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    /// Comma-separated batch sizes for every model [example default: 1,8,32,64; resnet18:
+    /// 1,8,32].
     #[arg(long, value_delimiter = ',')]
     batch_sizes: Vec<usize>,
-    /// Seconds of measured passes per cell [example default: 3].
+    /// Comma-separated intra-op thread counts [example default: 1 and all cores].
+    #[arg(long, value_delimiter = ',')]
+    intra_op_threads: Vec<usize>,
+    /// Seconds of measured passes per cell, warmup excluded [example default: 1].
     #[arg(long)]
     seconds: Option<f64>,
-    /// Threads one forward pass may use [example default: each library's].
+    /// Measured passes per cell at the most [example default: 1000].
     #[arg(long)]
-    intra_op_threads: Option<usize>,
+    max_passes: Option<usize>,
+    /// Folder for `engines.json`, `engines.md` and `engines.svg` [example default:
+    /// target/bench].
+    #[arg(long, value_name = "DIR")]
+    out: Option<std::path::PathBuf>,
 }
 
 impl EnginesArgs {
-    fn forwarded(&self) -> Vec<String> {
+    fn forwarded(&self) -> Result<Vec<String>> {
         let mut args = Vec::new();
+        let list = |values: &[usize]| {
+            let values: Vec<String> = values.iter().map(usize::to_string).collect();
+            values.join(",")
+        };
+        // The example runs from the workspace root, not from where xtask was called.
         if let Some(dir) = &self.model_dir {
+            let dir = std::path::absolute(dir)?;
             args.extend(["--model-dir".to_string(), dir.display().to_string()]);
         }
+        if !self.models.is_empty() {
+            args.extend(["--models".to_string(), self.models.join(",")]);
+        }
         if !self.batch_sizes.is_empty() {
-            let sizes: Vec<String> = self.batch_sizes.iter().map(usize::to_string).collect();
-            args.extend(["--batch-sizes".to_string(), sizes.join(",")]);
+            args.extend(["--batch-sizes".to_string(), list(&self.batch_sizes)]);
+        }
+        if !self.intra_op_threads.is_empty() {
+            args.extend([
+                "--intra-op-threads".to_string(),
+                list(&self.intra_op_threads),
+            ]);
         }
         if let Some(seconds) = self.seconds {
             args.extend(["--seconds".to_string(), seconds.to_string()]);
         }
-        if let Some(threads) = self.intra_op_threads {
-            args.extend(["--intra-op-threads".to_string(), threads.to_string()]);
+        if let Some(passes) = self.max_passes {
+            args.extend(["--max-passes".to_string(), passes.to_string()]);
         }
-        args
+        if let Some(dir) = &self.out {
+            let dir = std::path::absolute(dir)?;
+            args.extend(["--out".to_string(), dir.display().to_string()]);
+        }
+        Ok(args)
+    }
+
+    /// Whether the run includes the repository's ResNet-18, which is then exported first.
+    fn wants_resnet18(&self) -> bool {
+        self.model_dir.is_none()
+            && (self.models.is_empty() || self.models.iter().any(|m| m == "resnet18"))
     }
 }
 
@@ -186,24 +226,21 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         Bench::Batching(batching) => run_example("bench_batching", &batching.forwarded(), None),
         Bench::Engines(engines) => {
             let runtimes = crate::setup::ensure_installed()?;
-            if engines.model_dir.is_none() {
+            if engines.wants_resnet18() {
                 crate::export::ensure_resnet18(&runtimes)?;
             }
-            run_example("bench_engines", &engines.forwarded(), Some(&runtimes))
+            run_example("bench_engines", &engines.forwarded()?, Some(&runtimes))
         }
         Bench::Http(http) => {
-            let runtimes = if http.needs_runtimes() {
-                Some(crate::setup::ensure_installed()?)
-            } else {
-                None
-            };
-            if runtimes.is_some() {
-                crate::export::ensure_resnet18(runtimes.as_ref().expect("checked"))?;
-            }
+            // ResNet-18 is exported with the managed Python environment whatever the backend.
+            let runtimes = crate::setup::ensure_installed()?;
+            crate::export::ensure_resnet18(&runtimes)?;
+            let linked = http.needs_runtimes().then_some(&runtimes);
             let oha = ensure_oha()?;
-            build_release(&["bench_http", "http_floor"], runtimes.as_ref())?;
-            run_example("bench_http", &http.forwarded(&oha)?, runtimes.as_ref())
+            build_release(&["bench_http", "http_floor"], linked)?;
+            run_example("bench_http", &http.forwarded(&oha)?, linked)
         }
+        Bench::Peers(peers) => crate::peers::run(peers, &ensure_oha()?),
         Bench::Goodput(goodput) => {
             build_release_server("bench_goodput")?;
             run_example("bench_goodput", &goodput.forwarded()?, None)
@@ -220,7 +257,10 @@ pub(crate) fn build_release_server(example: &str) -> Result<()> {
 
 /// Builds the release server binary and `examples` in one invocation (one feature set);
 /// with `runtimes`, every backend is compiled in.
-fn build_release(examples: &[&str], runtimes: Option<&crate::setup::Runtimes>) -> Result<()> {
+pub(crate) fn build_release(
+    examples: &[&str],
+    runtimes: Option<&crate::setup::Runtimes>,
+) -> Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -289,6 +329,12 @@ pub(crate) fn run_example(
         .args(["--example", example, "--"])
         .args(args)
         .current_dir(workspace_root());
+    // candle counts the cores anew on every matmul unless this is set; the server binary
+    // sets it at start, so in-process figures are taken the same way.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        command.env("RAYON_NUM_THREADS", cores.to_string());
+    }
     run_to_end(&mut command)
 }
 
@@ -312,7 +358,7 @@ mod tests {
     #[test]
     fn unset_flags_are_left_to_the_example() {
         assert!(BatchingArgs::default().forwarded().is_empty());
-        assert!(EnginesArgs::default().forwarded().is_empty());
+        assert!(EnginesArgs::default().forwarded().unwrap().is_empty());
         assert!(GoodputArgs::default().forwarded().unwrap().is_empty());
     }
 
@@ -335,16 +381,53 @@ mod tests {
     }
 
     #[test]
-    fn engine_flags_are_forwarded() {
+    fn engine_flags_are_forwarded_with_absolute_folders() {
         let args = EnginesArgs {
+            model_dir: Some("repo".into()),
+            models: vec!["example".into(), "resnet18".into()],
             batch_sizes: vec![1, 4],
+            intra_op_threads: vec![1, 2],
             seconds: Some(0.5),
+            max_passes: Some(50),
+            out: Some("results".into()),
+        };
+        let forwarded = args.forwarded().unwrap();
+        assert_eq!(forwarded[0], "--model-dir");
+        assert_eq!(
+            forwarded[2..13],
+            [
+                "--models",
+                "example,resnet18",
+                "--batch-sizes",
+                "1,4",
+                "--intra-op-threads",
+                "1,2",
+                "--seconds",
+                "0.5",
+                "--max-passes",
+                "50",
+                "--out"
+            ]
+        );
+        for dir in [&forwarded[1], &forwarded[13]] {
+            assert!(std::path::Path::new(dir).is_absolute(), "{forwarded:?}");
+        }
+        assert_eq!(forwarded.len(), 14);
+    }
+
+    #[test]
+    fn engines_export_resnet18_only_for_the_default_repository() {
+        assert!(EnginesArgs::default().wants_resnet18());
+        let example_only = EnginesArgs {
+            models: vec!["example".into()],
             ..EnginesArgs::default()
         };
-        assert_eq!(
-            args.forwarded(),
-            ["--batch-sizes", "1,4", "--seconds", "0.5"]
-        );
+        assert!(!example_only.wants_resnet18());
+        let elsewhere = EnginesArgs {
+            model_dir: Some("repo".into()),
+            ..EnginesArgs::default()
+        };
+        assert!(!elsewhere.wants_resnet18());
     }
 
     #[test]

@@ -94,7 +94,7 @@ fn export(args: &ExportArgs, runtimes: &Runtimes) -> Result<()> {
     })
 }
 
-fn imports_work(python: &Path, imports: &str) -> bool {
+pub(crate) fn imports_work(python: &Path, imports: &str) -> bool {
     Command::new(python)
         .args(["-c", imports])
         .output()

@@ -9,6 +9,7 @@ mod cuda;
 mod export;
 mod fuzz;
 mod gpu;
+mod peers;
 mod process;
 mod setup;
 mod soak;

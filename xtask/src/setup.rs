@@ -11,8 +11,9 @@ use std::process::Command;
 
 /// The PyTorch release that `tch` 0.26 is built against.
 const TORCH_VERSION: &str = "2.13.0";
-/// The ONNX Runtime release that the `ort` backend loads at run time.
-const ORT_VERSION: &str = "1.31.1";
+/// The ONNX Runtime release that the `ort` backend loads at run time (and, as
+/// `onnxruntime-gpu`, the one gpu-check installs).
+pub(crate) const ORT_VERSION: &str = "1.31.1";
 /// Overrides the cache directory (default `~/.cache/inference-server`).
 const RUNTIME_DIR_VAR: &str = "INFERENCE_RUNTIME_DIR";
 /// Written last, so its presence means the install completed.

@@ -28,8 +28,9 @@
 //! Threads: `options.instances` worker threads share one read-only copy of the weights and
 //! each runs whole batches. candle's CPU kernels run on rayon; when `options.intra_op_threads` is set, each worker runs its
 //! forward passes inside its own rayon pool of that many threads. (candle's matmul also reads
-//! `RAYON_NUM_THREADS` / the core count to split work, which only an environment variable set
-//! before start can change: setting it from here would need `unsafe`.)
+//! `RAYON_NUM_THREADS` on every call to split work and, when it is unset, counts the cores
+//! by reading `/proc/cpuinfo`, every call again: a program embedding this crate should set
+//! the variable before it starts threads, as the server binary does.)
 //!
 //! [candle]: https://github.com/huggingface/candle
 

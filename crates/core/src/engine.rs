@@ -30,8 +30,9 @@ pub struct HealthReport {
 /// An inference engine: a loaded model that turns a batch of inputs into a batch of outputs.
 ///
 /// Object safe: the server holds it as `Arc<dyn InferenceEngine>`. Implementations must not
-/// block the async runtime in `infer`; [`crate::worker::WorkerPool`] runs a synchronous
-/// [`crate::worker::Backend`] on dedicated threads for exactly that reason.
+/// block the async runtime in `infer` for long; [`crate::worker::WorkerPool`] runs a
+/// synchronous [`crate::worker::Backend`] on dedicated threads, and only passes shorter
+/// than [`crate::worker::INLINE_BELOW`] on the caller's thread.
 #[async_trait]
 pub trait InferenceEngine: Send + Sync + std::fmt::Debug {
     fn info(&self) -> &EngineInfo;

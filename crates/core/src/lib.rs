@@ -26,4 +26,4 @@ pub use scheduler::{
     InferenceRequest, InferenceResponse, Scheduler, SchedulerConfig, SchedulerStats,
 };
 pub use tensor::{DType, Element, Tensor, TensorData, TensorError, bf16, f16};
-pub use worker::{Backend, BackendFactory, WorkerPool, panic_message};
+pub use worker::{Backend, BackendFactory, INLINE_BELOW, WorkerPool, panic_message};

@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, default_value_t = 5.0)]
     secs: f64,
     /// Comma-separated connection counts.
-    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 32, 64])]
     concurrency: Vec<usize>,
     /// Backend the server runs its models on (it must be compiled in).
     #[arg(long, default_value = "candle")]
@@ -43,6 +43,10 @@ struct Args {
     /// Folder for `http.json` and `http.md`.
     #[arg(long, value_name = "DIR", default_value = "target/bench")]
     out: PathBuf,
+    /// Another build of the server, measured in every cell beside this one (before and
+    /// after a change, in one run).
+    #[arg(long, value_name = "BINARY")]
+    baseline: Option<PathBuf>,
 }
 
 /// One route with its body, as the server and (when it has the route) the floor get it.
@@ -62,6 +66,7 @@ struct Row {
     concurrency: usize,
     server: support::OhaRun,
     floor: Option<support::OhaRun>,
+    baseline: Option<support::OhaRun>,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,6 +75,11 @@ struct Report {
     secs: f64,
     engine_p50_ms: f64,
     resnet_engine_best_rows_per_s: Option<f64>,
+    /// The example model alone on this backend: exec until `/health` answers 200.
+    example_start_to_ready_ms: f64,
+    /// The example model alone, one second after it was ready.
+    example_idle_rss_mib: f64,
+    /// Every model of the repository.
     server_start_to_ready_ms: f64,
     server_idle_rss_mib: f64,
     floor_idle_rss_mib: f64,
@@ -106,11 +116,26 @@ async fn main() -> Result<()> {
         None
     };
 
-    let mut server_command = tokio::process::Command::new(default_server_binary()?);
-    server_command
-        .args(["--port", "0", "--backend", &args.backend, "--model-dir"])
-        .arg(&model_dir);
-    let server = ServerProcess::spawn(server_command, "/health").await?;
+    let binary = default_server_binary()?;
+    let served = |binary: &std::path::Path, dir: &std::path::Path| {
+        let mut command = tokio::process::Command::new(binary);
+        command
+            .args(["--port", "0", "--backend", &args.backend, "--model-dir"])
+            .arg(dir);
+        command
+    };
+    // Start and memory as a user of the example model alone sees them.
+    let alone =
+        ServerProcess::spawn(served(&binary, &model_dir.join("example")), "/health").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (example_ready_after, example_idle_rss) = (alone.ready_after, alone.rss_mib()?);
+    alone.stop(Duration::from_secs(10)).await?;
+
+    let server = ServerProcess::spawn(served(&binary, &model_dir), "/health").await?;
+    let baseline = match &args.baseline {
+        Some(binary) => Some(ServerProcess::spawn(served(binary, &model_dir), "/health").await?),
+        None => None,
+    };
     let floor_command = tokio::process::Command::new(sibling_example("http_floor")?);
     let floor = ServerProcess::spawn(floor_command, "/health").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -163,12 +188,23 @@ async fn main() -> Result<()> {
             oha.run(&format!("{}{}", floor.base(), scenario.path), 4, 1.0, &body)
                 .await?;
         }
+        if let Some(baseline) = &baseline {
+            let url = format!("{}{}", baseline.base(), scenario.path);
+            oha.run(&url, 4, 1.0, &body).await?;
+        }
         for &concurrency in &args.concurrency {
             let floor_run = if scenario.floor {
                 let url = format!("{}{}", floor.base(), scenario.path);
                 Some(oha.run(&url, concurrency, args.secs, &body).await?)
             } else {
                 None
+            };
+            let baseline_run = match &baseline {
+                Some(baseline) => {
+                    let url = format!("{}{}", baseline.base(), scenario.path);
+                    Some(oha.run(&url, concurrency, args.secs, &body).await?)
+                }
+                None => None,
             };
             let url = format!("{}{}", server.base(), scenario.path);
             let server_run = oha.run(&url, concurrency, args.secs, &body).await?;
@@ -180,6 +216,9 @@ async fn main() -> Result<()> {
                 floor_run.as_ref().map_or(String::new(), |f| format!(
                     ", floor {:.0} req/s p50 {:.3} ms",
                     f.requests_per_s, f.p50_ms
+                )) + &baseline_run.as_ref().map_or(String::new(), |b| format!(
+                    ", baseline {:.0} req/s p50 {:.3} ms",
+                    b.requests_per_s, b.p50_ms
                 ))
             );
             rows.push(Row {
@@ -187,18 +226,22 @@ async fn main() -> Result<()> {
                 concurrency,
                 server: server_run,
                 floor: floor_run,
+                baseline: baseline_run,
             });
         }
     }
     let server_ready_after = server.ready_after;
     server.stop(Duration::from_secs(10)).await?;
     drop(floor);
+    drop(baseline);
 
     let report = Report {
         backend: args.backend.clone(),
         secs: args.secs,
         engine_p50_ms: engine_p50.as_secs_f64() * 1e3,
         resnet_engine_best_rows_per_s: resnet_best,
+        example_start_to_ready_ms: example_ready_after.as_secs_f64() * 1e3,
+        example_idle_rss_mib: example_idle_rss,
         server_start_to_ready_ms: server_ready_after.as_secs_f64() * 1e3,
         server_idle_rss_mib: server_idle_rss,
         floor_idle_rss_mib: floor_idle_rss,
@@ -257,43 +300,68 @@ fn render(report: &Report, scenarios: &[Scenario]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "backend {}, {} s per cell; server start to ready {:.0} ms, idle RSS {:.1} MiB (floor {:.1} MiB)\n",
+        "backend {}, {} s per cell; the example model alone: start to ready {:.0} ms, idle RSS {:.1} MiB; every model: {:.0} ms, {:.1} MiB (floor {:.1} MiB)\n",
         report.backend,
         report.secs,
+        report.example_start_to_ready_ms,
+        report.example_idle_rss_mib,
         report.server_start_to_ready_ms,
         report.server_idle_rss_mib,
         report.floor_idle_rss_mib
     );
+    let with_baseline = report.rows.iter().any(|row| row.baseline.is_some());
     let _ = writeln!(
         out,
-        "| route | conc. | req/s | × floor | rows/s | p50 ms | floor p50 ms | p99 ms | floor p99 ms | errors |"
+        "| route | conc. | req/s | × floor | rows/s | p50 ms | floor p50 ms | p99 ms | floor p99 ms | errors |{}",
+        if with_baseline {
+            " baseline req/s | × baseline | baseline p50 ms |"
+        } else {
+            ""
+        }
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
+        if with_baseline { "---:|---:|---:|" } else { "" }
+    );
+    let optional = |value: Option<f64>, digits: usize| {
+        value.map_or(String::new(), |v| format!("{v:.digits$}"))
+    };
     for row in &report.rows {
         let rows_per_request = scenarios
             .iter()
             .find(|s| s.name == row.scenario)
             .map_or(1, |s| s.rows);
         let server = &row.server;
-        let (ratio, floor_p50, floor_p99) = match &row.floor {
-            Some(floor) => (
-                format!("{:.2}", server.requests_per_s / floor.requests_per_s),
-                format!("{:.3}", floor.p50_ms),
-                format!("{:.3}", floor.p99_ms),
-            ),
-            None => ("".into(), "".into(), "".into()),
-        };
-        let _ = writeln!(
+        let floor = row.floor.as_ref();
+        let _ = write!(
             out,
-            "| {} | {} | {:.0} | {ratio} | {:.0} | {:.3} | {floor_p50} | {:.3} | {floor_p99} | {} |",
+            "| {} | {} | {:.0} | {} | {:.0} | {:.3} | {} | {:.3} | {} | {} |",
             row.scenario,
             row.concurrency,
             server.requests_per_s,
+            optional(floor.map(|f| server.requests_per_s / f.requests_per_s), 2),
             server.requests_per_s * rows_per_request as f64,
             server.p50_ms,
+            optional(floor.map(|f| f.p50_ms), 3),
             server.p99_ms,
+            optional(floor.map(|f| f.p99_ms), 3),
             server.errors
         );
+        if with_baseline {
+            let baseline = row.baseline.as_ref();
+            let _ = write!(
+                out,
+                " {} | {} | {} |",
+                optional(baseline.map(|b| b.requests_per_s), 0),
+                optional(
+                    baseline.map(|b| server.requests_per_s / b.requests_per_s),
+                    2
+                ),
+                optional(baseline.map(|b| b.p50_ms), 3),
+            );
+        }
+        let _ = writeln!(out);
     }
     let _ = writeln!(out);
     let _ = writeln!(

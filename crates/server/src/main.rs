@@ -8,6 +8,8 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    #[cfg(feature = "candle")]
+    fix_candle_thread_count();
     let cli = Cli::parse();
     let config = match Config::load(&cli) {
         Ok(config) => config,
@@ -23,11 +25,14 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
+            inference_server::telemetry::finish();
             eprintln!("error: cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(inference_server::run(config)) {
+    let outcome = runtime.block_on(inference_server::run(config));
+    inference_server::telemetry::finish();
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: the chain joined, never a backtrace.
@@ -35,5 +40,19 @@ fn main() -> ExitCode {
             eprintln!("error: {}", chain.join(": "));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// candle's CPU matmul looks up its thread count on every call: `RAYON_NUM_THREADS`, else
+/// the physical core count, which it counts by reading `/proc/cpuinfo` anew each time. Setting the variable to that same count once
+/// makes every lookup an environment read and changes nothing else.
+#[cfg(feature = "candle")]
+#[allow(unsafe_code)]
+fn fix_candle_thread_count() {
+    const VARIABLE: &str = "RAYON_NUM_THREADS";
+    if std::env::var_os(VARIABLE).is_none() {
+        // SAFETY: the first statement of `main`, before any other thread exists, so
+        // nothing can read the environment concurrently.
+        unsafe { std::env::set_var(VARIABLE, num_cpus::get_physical().to_string()) };
     }
 }

@@ -356,9 +356,8 @@ fn request_id(headers: &HeaderMap) -> String {
 
 /// ISO 8601 UTC with milliseconds, e.g. `2025-08-14T10:30:00.000Z`.
 pub fn timestamp() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    // Not `format`: it parses its pattern anew on every call.
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn model_info(model: &ModelHandle) -> ModelInfo {

@@ -169,6 +169,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             signal = second.name(),
             "second signal during the drain: exiting at once"
         );
+        crate::telemetry::finish();
         std::process::exit(second.exit_code());
     });
     serve_until(listener, state, async move {

@@ -32,8 +32,10 @@ use crate::model::{Batch, Sample};
 use crate::worker::panic_message;
 use queue::{Claimed, Queue};
 use stats::Counters;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
@@ -566,23 +568,17 @@ impl Shared {
         }
     }
 
-    /// Runs the engine on its own task, so that a panic in any engine's `infer` fails this
-    /// batch only and the worker survives.
+    /// Runs the engine, turning a panic in any engine's `infer` into this batch's error so
+    /// that the worker survives. Polled in place: a task of its own per batch cost a
+    /// scheduling round trip on every batch.
     async fn infer(&self, batch: Batch, size: usize) -> Result<Vec<Sample>, EngineError> {
-        let engine = Arc::clone(&self.engine);
-        let output = match tokio::spawn(async move { engine.infer(batch).await }).await {
-            Ok(result) => result?,
-            Err(join_error) if join_error.is_panic() => {
-                return Err(EngineError::Panicked(panic_message(
-                    &*join_error.into_panic(),
-                )));
-            }
-            Err(join_error) => {
-                return Err(EngineError::Unavailable(format!(
-                    "the engine task stopped: {join_error}"
-                )));
-            }
-        };
+        let mut inference = self.engine.infer(batch);
+        let output = std::future::poll_fn(|cx| {
+            catch_unwind(AssertUnwindSafe(|| inference.as_mut().poll(cx))).unwrap_or_else(|panic| {
+                Poll::Ready(Err(EngineError::Panicked(panic_message(&*panic))))
+            })
+        })
+        .await?;
         if output.size != size {
             return Err(EngineError::Backend(format!(
                 "the engine returned {} rows for a batch of {size}",
