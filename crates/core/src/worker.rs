@@ -103,6 +103,36 @@ impl Shared {
         self.recent_pass_nanos.store(next, Ordering::Relaxed);
     }
 
+    /// Why no instance can serve, once none is live and rebuilding one has failed. While
+    /// the first rebuild after a panic is still under way callers wait for it instead.
+    fn outage(&self) -> Option<EngineError> {
+        if self.live.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        self.failure().map(|failure| {
+            EngineError::Unavailable(format!("no instance of the model can serve: {failure}"))
+        })
+    }
+
+    /// A slot holding an instance, as [`Shared::acquire`] with `wait`; while every
+    /// instance is being rebuilt and no rebuild has failed yet, it waits for one.
+    fn acquire_or_wait(&self, preferred: usize) -> Result<(usize, SlotGuard<'_>), EngineError> {
+        loop {
+            if let Some(held) = self.acquire(preferred, true) {
+                return Ok(held);
+            }
+            if let Some(outage) = self.outage() {
+                return Err(outage);
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(EngineError::Unavailable(
+                    "the model is being unloaded".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn recent_pass(&self) -> Option<Duration> {
         let nanos = self.recent_pass_nanos.load(Ordering::Relaxed);
         (nanos != u64::MAX).then(|| Duration::from_nanos(nanos))
@@ -282,12 +312,9 @@ fn serve(shared: &Shared, queue: &crossbeam_channel::Receiver<Message>, index: u
                 if job.reply.is_closed() {
                     continue;
                 }
-                let result = match shared.acquire(index, true) {
-                    Some((slot, guard)) => {
-                        shared.forward(slot, guard, &job.batch, |slot| rebuilds.push(slot))
-                    }
-                    None => Err(unavailable(shared)),
-                };
+                let result = shared.acquire_or_wait(index).and_then(|(slot, guard)| {
+                    shared.forward(slot, guard, &job.batch, |slot| rebuilds.push(slot))
+                });
                 let _ = job.reply.send(result);
             }
         }
@@ -388,8 +415,8 @@ impl InferenceEngine for WorkerPool {
 
     async fn infer(&self, batch: Batch) -> Result<Batch, EngineError> {
         validate_batch(&self.info.model, &batch)?;
-        if self.live_instances() == 0 {
-            return Err(unavailable(&self.shared));
+        if let Some(outage) = self.shared.outage() {
+            return Err(outage);
         }
         if let Some(result) = self.try_inline(&batch) {
             return result;
@@ -475,6 +502,28 @@ mod tests {
             2,
             "instance was rebuilt once"
         );
+    }
+
+    #[tokio::test]
+    async fn a_request_during_a_slow_rebuild_waits_for_it_instead_of_failing() {
+        let builds = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&builds);
+        let factory: BackendFactory = Arc::new(move |_| {
+            if counter.fetch_add(1, Ordering::SeqCst) > 0 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Ok(Box::new(Doubler) as Box<dyn Backend>)
+        });
+        let pool = WorkerPool::start(info(1), factory).unwrap();
+        assert!(matches!(
+            pool.infer(batch(&[-1.0])).await,
+            Err(EngineError::Panicked(_))
+        ));
+        // The replacement is still being built: no instance is live, none has failed.
+        assert_eq!(pool.live_instances(), 0);
+        let out = pool.infer(batch(&[3.0])).await.unwrap();
+        assert_eq!(out.tensors[0].as_f32().unwrap(), &[6.0]);
+        assert_eq!(builds.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

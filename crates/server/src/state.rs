@@ -34,14 +34,14 @@ impl ModelHandle {
         self.scheduler.engine().info()
     }
 
-    /// Why this loaded model cannot serve now (none of its instances is live), if so.
+    /// Why this loaded model cannot serve now, if so: none of its instances is live and
+    /// rebuilding one failed (during a first rebuild requests wait for it instead).
     pub fn outage(&self) -> Option<String> {
         let engine = self.scheduler.engine();
-        (engine.live_instances() == 0).then(|| {
-            engine
-                .instance_failure()
-                .unwrap_or_else(|| "no instance of the model is live".into())
-        })
+        if engine.live_instances() > 0 {
+            return None;
+        }
+        engine.instance_failure()
     }
 }
 
