@@ -6,10 +6,14 @@
 //! breaks the contract the server relies on (a decoded sample that does not fit its model,
 //! a picture tensor of the wrong length or with non-finite values).
 
+use bytes::Bytes;
 use inference_core::{DType, ModelSpec, Sample, TensorSpec};
 use inference_server::codec::{Prediction, decode_sample_raw, parse_json, raw_kind};
 use inference_server::image_input::{self, ChannelOrder, ImagePreprocess, Layout};
 use inference_server::routes::{PredictRequest, SimpleExampleRequest};
+use inference_server::v2::service::InferResponse;
+use inference_server::v2::tensors::{self, OutputTensor};
+use inference_server::v2::{encode_response, parse_binary_request};
 use serde_json::value::RawValue;
 
 /// Pixel budget of the image target: small enough that the fuzzer does not spend its time
@@ -186,6 +190,86 @@ fn preprocess_and_check(bytes: &[u8]) {
     }
 }
 
+/// The KServe v2 REST body with the binary tensor data extension. The first 4 bytes are
+/// the `Inference-Header-Content-Length` (little-endian; `u32::MAX`: no such header), the
+/// rest is the body. What parses must hold what its shapes say, split into rows that fit
+/// the sample models, and come back unchanged through a binary response.
+pub fn v2_binary(data: &[u8]) {
+    let Some((length, body)) = data.split_first_chunk::<4>() else {
+        return;
+    };
+    let header_len = match u32::from_le_bytes(*length) {
+        u32::MAX => None,
+        n => Some(n as usize),
+    };
+    let Ok(request) = parse_binary_request(&Bytes::copy_from_slice(body), header_len) else {
+        return;
+    };
+    for input in &request.inputs {
+        let tensor = &input.tensor;
+        let count = tensors::element_count(tensor.shape()).expect("a parsed shape fits usize");
+        match tensor.dtype().size() {
+            Some(size) => assert_eq!(tensor.raw_bytes().map(Bytes::len), Some(count * size)),
+            None => assert_eq!(tensor.strings().map(<[Bytes]>::len), Some(count)),
+        }
+    }
+    for model in sample_models() {
+        let Ok(rows) = tensors::batch_rows(&model, request.inputs.clone()) else {
+            continue;
+        };
+        for row in &rows {
+            if let Err(reason) = model.check_sample(row) {
+                panic!("a v2 row does not fit model '{}': {reason}", model.name);
+            }
+        }
+    }
+    let outputs: Vec<OutputTensor> = request
+        .inputs
+        .iter()
+        .map(|input| OutputTensor {
+            name: input.name.clone(),
+            tensor: input.tensor.clone(),
+            binary_data: None,
+        })
+        .collect();
+    let response = InferResponse {
+        model_name: "echo".into(),
+        model_version: "1".into(),
+        id: request.id.clone(),
+        outputs,
+        queue_time: Default::default(),
+        inference_time: Default::default(),
+        total_time: Default::default(),
+    };
+    // JSON may refuse (a BYTES element that is not UTF-8) but must not panic.
+    let _ = encode_response(&response, false);
+    let (body, header_len) = encode_response(&response, true).expect("binary always encodes");
+    let header_len = header_len.expect("binary outputs have a header length");
+    let header: serde_json::Value =
+        serde_json::from_slice(&body[..header_len]).expect("the response header is JSON");
+    let mut offset = header_len;
+    for (index, input) in request.inputs.iter().enumerate() {
+        let size = header["outputs"][index]["parameters"]["binary_data_size"]
+            .as_u64()
+            .expect("every binary output has its size") as usize;
+        let raw = body.slice(offset..offset + size);
+        let back = tensors::tensor_from_raw(
+            &input.name,
+            input.tensor.dtype(),
+            input.tensor.shape().to_vec(),
+            raw,
+        )
+        .expect("a response's contents read back");
+        assert_eq!(
+            back, input.tensor,
+            "output '{}' changed on the way",
+            input.name
+        );
+        offset += size;
+    }
+    assert_eq!(offset, body.len());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +297,34 @@ mod tests {
     #[test]
     fn the_seed_bodies_corpus_runs_clean() {
         replay("seed_bodies", seed_bodies);
+    }
+
+    #[test]
+    fn the_v2_binary_corpus_runs_clean() {
+        replay("v2_binary", v2_binary);
+    }
+
+    /// The hand-written seeds (not the fuzzers' finds) are requests the server accepts, so
+    /// fuzzing starts from the parser's success paths.
+    #[test]
+    fn the_v2_binary_seeds_are_valid_requests() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/v2_binary");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("found-") {
+                continue;
+            }
+            let data = std::fs::read(&path).unwrap();
+            let (length, body) = data.split_first_chunk::<4>().unwrap();
+            let header_len = match u32::from_le_bytes(*length) {
+                u32::MAX => None,
+                n => Some(n as usize),
+            };
+            if let Err(err) = parse_binary_request(&Bytes::copy_from_slice(body), header_len) {
+                panic!("seed {name} is refused: {err}");
+            }
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Instant;
 const CARGO_AFL_VERSION: &str = "0.18.2";
 
 /// One binary in fuzz/src/bin and one seed corpus in fuzz/corpus per target.
-const TARGETS: &[&str] = &["json_sample", "seed_bodies", "image"];
+const TARGETS: &[&str] = &["json_sample", "seed_bodies", "image", "v2_binary"];
 
 /// Makes afl-fuzz run unattended on any machine: no screen, no CPU frequency or core dump
 /// settings to fix first, and no failure when every core is already bound to a fuzzer. An
@@ -32,7 +32,7 @@ const AFL_ENV: &[(&str, &str)] = &[
 #[derive(Debug, clap::Args)]
 pub(crate) struct FuzzArgs {
     /// Seconds of fuzzing for each target; the targets run one after the other, so all
-    /// three take about 3 x N seconds, plus the build.
+    /// four take about 4 x N seconds, plus the build.
     #[arg(long, default_value_t = 60)]
     secs: u64,
     /// Fuzzes only this target.

@@ -18,6 +18,7 @@ pub mod routes;
 pub mod serve;
 pub mod state;
 pub mod telemetry;
+pub mod v2;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -43,6 +44,7 @@ pub fn app(state: AppState) -> Router {
             "/models/{name}/predict/batch",
             post(routes::model_predict_batch),
         )
+        .merge(v2::inference_routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admit));
     Router::new()
         .route("/", get(routes::root))
@@ -55,12 +57,15 @@ pub fn app(state: AppState) -> Router {
         .route("/models/{name}/load", post(routes::load_model))
         .route("/stats", get(routes::stats))
         .route("/config", get(routes::config))
+        .merge(v2::routes())
         .merge(inference)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         // A bug in a handler answers 500 with a detail instead of dropping the connection.
         .layer(CatchPanicLayer::custom(panic_response))
+        // Outside every handler and the panic catcher: each error under /v2 is {"error"}.
+        .layer(axum::middleware::from_fn(v2::error_bodies))
         .layer(axum::middleware::from_fn(telemetry::log_request))
         // Outermost: the id exists before logging and handlers, and goes back on the response.
         .layer(PropagateRequestIdLayer::x_request_id())

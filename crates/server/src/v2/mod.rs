@@ -1,0 +1,112 @@
+//! The KServe v2 / Open Inference Protocol over REST, with the binary tensor data extension
+//! (what tritonclient sends by default).
+//!
+//! - `tensors`: v2 tensors and core tensors both ways, and a request's tensors as the
+//!   scheduler's rows; `service`: health, metadata and inference on the repository;
+//!   `error`: the protocol's error causes. None of the three knows HTTP, so a gRPC service
+//!   can reuse them as they are.
+//! - `rest`: the JSON header with binary contents after it, and the axum handlers.
+//!
+//! A request's rows go through the model's own scheduler, so v2 and seed requests share
+//! forward passes. Every error answer under `/v2` is `{"error": ...}`: the handlers' own,
+//! and through [`error_bodies`] those of the admission middleware and of unknown routes.
+
+pub mod error;
+pub mod rest;
+pub mod service;
+pub mod tensors;
+
+pub use error::V2Error;
+pub use rest::{encode_response, parse_binary_request};
+
+use crate::state::AppState;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde_json::Value;
+
+/// Health and metadata: outside admission control, so they answer under load.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2", get(rest::server_metadata))
+        .route("/v2/health/live", get(rest::server_live))
+        .route("/v2/health/ready", get(rest::server_ready))
+        .route("/v2/models/{name}", get(rest::model_metadata))
+        .route("/v2/models/{name}/ready", get(rest::model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(rest::model_version_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(rest::model_version_ready),
+        )
+}
+
+/// The inference routes, to sit behind the admission middleware with the seed ones.
+pub fn inference_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2/models/{name}/infer", post(rest::infer))
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(rest::infer_version),
+        )
+}
+
+/// Error bodies are read at most this far; every error this server writes is far shorter.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Middleware: any error answer under `/v2` that is not yet `{"error": ...}` (a refusal of
+/// the admission middleware, an unknown route, a rejected path) is rewritten into that
+/// shape, keeping its status and headers, so clients of the protocol read every error.
+pub async fn error_bodies(request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let is_v2 = path == "/v2" || path.starts_with("/v2/");
+    let response = next.run(request).await;
+    if !is_v2 || !(response.status().is_client_error() || response.status().is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_ERROR_BODY)
+        .await
+        .unwrap_or_default();
+    let message = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) if map.contains_key("error") => {
+            return Response::from_parts(parts, Body::from(bytes));
+        }
+        Ok(Value::Object(mut map)) => match map.remove("detail") {
+            Some(Value::String(detail)) => detail,
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .map_or_else(|| item.to_string(), str::to_string)
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            Some(other) => other.to_string(),
+            None => Value::Object(map).to_string(),
+        },
+        _ => String::from_utf8_lossy(&bytes).trim().to_string(),
+    };
+    let message = if message.is_empty() {
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_string()
+    } else {
+        message
+    };
+    let body = serde_json::json!({ "error": message }).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body))
+}
