@@ -1,5 +1,7 @@
 //! `cargo xtask check-clients`: runs the Python and JavaScript clients of the seed page,
-//! unmodified, against the real server binary, so API changes that break them fail here.
+//! unmodified, against the real server binary, so API changes that break them fail here;
+//! then Triton's own Python clients (`tritonclient.http` and `.grpc`) against a server of
+//! the whole repository (ResNet-18 too, once exported) on the KServe v2 protocol.
 
 use crate::process::{Steps, display, workspace_root};
 use crate::setup::{self, Pin};
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 const PYTHON_CLIENT: &str = "clients/seed/batch_client.py";
 const JS_CLIENT: &str = "clients/seed/batch_client.js";
+const TRITON_CHECK: &str = "clients/triton/check_v2.py";
 
 /// The address both clients hard-code; replaced in memory only, the files stay verbatim.
 const SEED_BASE_URL: &str = "http://localhost:8000";
@@ -70,13 +73,17 @@ fn requests_pin() -> Pin {
     Pin::new("requests", "2.34.2")
 }
 
+fn tritonclient_pin() -> Pin {
+    Pin::new("tritonclient[all]", "2.73.0")
+}
+
 pub(crate) fn run() -> Result<()> {
     let root = workspace_root();
     read_client(&root.join(PYTHON_CLIENT))?;
     let js_client = read_client(&root.join(JS_CLIENT))?;
     let node = node_version()?;
     let runtimes = setup::ensure_installed()?;
-    let mut steps = Steps::new(5);
+    let mut steps = Steps::new(8);
     steps.run("install `requests` into the setup venv if missing", |bar| {
         if imports_requests(&runtimes.python) {
             return Ok(());
@@ -84,7 +91,10 @@ pub(crate) fn run() -> Result<()> {
         setup::pip_install(&runtimes.python, &[requests_pin()], bar)
     })?;
     let binary = steps.run("build the server", |_| build_server())?;
-    let server = steps.run("start the server", |_| ServerProcess::start(&binary))?;
+    let example = root.join("models/example");
+    let server = steps.run("start the server", |_| {
+        ServerProcess::start(&binary, &example, 0)
+    })?;
     steps.run("run the Python client", |_| {
         let mut command = Command::new(&runtimes.python);
         command
@@ -105,8 +115,45 @@ pub(crate) fn run() -> Result<()> {
                 .with_context(|| format!("the generated module is {}", module.display()))
                 .map(drop)
         },
-    )
+    )?;
+    drop(server);
+    steps.run(
+        "install `tritonclient[all]` into the setup venv if missing",
+        |bar| {
+            if imports(&runtimes.python, "tritonclient.grpc, tritonclient.http") {
+                return Ok(());
+            }
+            setup::pip_install(&runtimes.python, &[tritonclient_pin()], bar)
+        },
+    )?;
+    let models = root.join("models");
+    let grpc_port = free_port()?;
+    let server = steps.run("start a server of the whole repository", |_| {
+        ServerProcess::start(&binary, &models, grpc_port)
+    })?;
+    steps.run("run tritonclient.http and tritonclient.grpc", |_| {
+        let http = server.base_url.trim_start_matches("http://").to_owned();
+        let mut command = Command::new(&runtimes.python);
+        command
+            .arg(root.join(TRITON_CHECK))
+            .args([http, format!("127.0.0.1:{grpc_port}")])
+            .arg(&models);
+        let output = run_client(&mut command)?;
+        ensure!(
+            output.contains("tritonclient: every check passed"),
+            "the tritonclient check did not finish:\n{output}"
+        );
+        eprint!("{output}");
+        Ok(())
+    })
     // `server` drops here (or at any `?` above), which kills the process.
+}
+
+/// A port that was free a moment ago, for the gRPC listener (which, unlike HTTP, has no
+/// "pick one" setting: 0 turns it off).
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// Reads a client and checks it still holds the address that gets replaced.
@@ -135,8 +182,12 @@ fn node_version() -> Result<String> {
 }
 
 fn imports_requests(python: &Path) -> bool {
+    imports(python, "requests")
+}
+
+fn imports(python: &Path, modules: &str) -> bool {
     Command::new(python)
-        .args(["-c", "import requests"])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .is_ok_and(|output| output.status.success())
 }
@@ -168,10 +219,13 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(binary: &Path) -> Result<Self> {
+    /// Serves `model_dir`, with gRPC on `grpc_port` (0: off).
+    fn start(binary: &Path, model_dir: &Path, grpc_port: u16) -> Result<Self> {
         let mut child = Command::new(binary)
-            .args(["--host", "127.0.0.1", "--port", "0", "--model-dir"])
-            .arg(workspace_root().join("models/example"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--grpc-port"])
+            .arg(grpc_port.to_string())
+            .arg("--model-dir")
+            .arg(model_dir)
             .env("RUST_LOG", "info")
             // The log line is parsed: no colour codes, whatever the terminal.
             .env("NO_COLOR", "1")

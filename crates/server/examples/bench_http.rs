@@ -120,7 +120,15 @@ async fn main() -> Result<()> {
     let served = |binary: &std::path::Path, dir: &std::path::Path| {
         let mut command = tokio::process::Command::new(binary);
         command
-            .args(["--port", "0", "--backend", &args.backend, "--model-dir"])
+            .args([
+                "--port",
+                "0",
+                "--grpc-port",
+                "0",
+                "--backend",
+                &args.backend,
+                "--model-dir",
+            ])
             .arg(dir);
         command
     };

@@ -192,6 +192,8 @@ async fn run(args: &Args) -> Result<()> {
         .args([
             "--port",
             "0",
+            "--grpc-port",
+            "0",
             "--host",
             "127.0.0.1",
             "--backend",

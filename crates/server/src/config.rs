@@ -31,6 +31,9 @@ pub struct Cli {
     /// Port to listen on (0 picks a free port).
     #[arg(long)]
     pub port: Option<u16>,
+    /// Port of the KServe v2 gRPC service (0 turns it off).
+    #[arg(long)]
+    pub grpc_port: Option<u16>,
     /// Inference backend: one of the backends compiled into this binary.
     #[arg(long)]
     pub backend: Option<String>,
@@ -61,6 +64,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub host: String,
     pub port: u16,
+    /// Port of the KServe v2 gRPC service, on `host`; 0 turns it off.
+    pub grpc_port: u16,
     /// Largest request body accepted, in bytes (413 past it).
     pub max_body_bytes: usize,
     /// Most samples in one `/predict/batch` request (413 past it).
@@ -169,6 +174,7 @@ impl Default for ServerConfig {
         Self {
             host: "127.0.0.1".into(),
             port: 8000,
+            grpc_port: 8001,
             max_body_bytes: 2 * 1024 * 1024,
             max_batch_inputs: 1024,
             max_concurrent_requests: 1024,
@@ -483,6 +489,8 @@ struct ServerOverrides {
     host: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_port: Option<u16>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -507,7 +515,7 @@ struct LogOverrides {
 
 impl ServerOverrides {
     fn is_empty(&self) -> bool {
-        self.host.is_none() && self.port.is_none()
+        self.host.is_none() && self.port.is_none() && self.grpc_port.is_none()
     }
 }
 
@@ -535,6 +543,7 @@ impl From<&Cli> for CliOverrides {
             server: ServerOverrides {
                 host: cli.host.clone(),
                 port: cli.port,
+                grpc_port: cli.grpc_port,
             },
             models: ModelsOverrides {
                 dir: cli.model_dir.clone(),
@@ -566,6 +575,7 @@ mod tests {
         Jail::expect_with(|_jail| {
             let config = load(&Cli::default()).unwrap();
             assert_eq!(config.server.port, 8000);
+            assert_eq!(config.server.grpc_port, 8001);
             assert_eq!(config.server.host, "127.0.0.1");
             assert_eq!(config.model.backend, "candle");
             assert_eq!(config.models.dir, PathBuf::from("models"));
@@ -592,11 +602,16 @@ mod tests {
 
             let cli = Cli {
                 port: Some(9100),
+                grpc_port: Some(0),
                 log_format: Some("text".into()),
                 ..Cli::default()
             };
             let from_cli = load(&cli).unwrap();
             assert_eq!(from_cli.server.port, 9100);
+            assert_eq!(
+                from_cli.server.grpc_port, 0,
+                "gRPC off from the command line"
+            );
             assert_eq!(from_cli.log.format, "text");
             Ok(())
         });

@@ -159,11 +159,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         default_model = state.default_model_name(),
         "listening on http://{local}"
     );
-    let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+    let (first_tx, first_rx) = tokio::sync::watch::channel(false);
+    let grpc = start_grpc(&state, first_rx.clone()).await?;
     tokio::spawn(async move {
         let first = signals.next().await;
         tracing::info!(signal = first.name(), "signal received: shutting down");
-        let _ = first_tx.send(());
+        let _ = first_tx.send(true);
         let second = signals.next().await;
         tracing::warn!(
             signal = second.name(),
@@ -172,12 +173,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::telemetry::finish();
         std::process::exit(second.exit_code());
     });
+    let drain_timeout = state.config().drain_timeout();
+    let mut first = first_rx;
     serve_until(listener, state, async move {
-        let _ = first_rx.await;
+        let _ = first.wait_for(|&signalled| signalled).await;
     })
     .await?;
+    if let Some(grpc) = grpc
+        && tokio::time::timeout(drain_timeout, grpc).await.is_err()
+    {
+        tracing::warn!("drain timeout passed with gRPC calls still open: leaving them");
+    }
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Listens on `server.grpc_port` (unless it is 0) and serves the KServe v2 gRPC service
+/// there until `signalled` turns true; the calls in progress then finish.
+async fn start_grpc(
+    state: &AppState,
+    mut signalled: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let server = &state.config().server;
+    if server.grpc_port == 0 {
+        return Ok(None);
+    }
+    let addr = format!("{}:{}", server.host, server.grpc_port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {addr} (server.grpc_port): {e}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "gRPC listening on {local}");
+    let state = state.clone();
+    Ok(Some(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = signalled.wait_for(|&signalled| signalled).await;
+        };
+        if let Err(err) = crate::v2::grpc::serve(listener, state, shutdown).await {
+            tracing::error!(%err, "the gRPC service stopped");
+        }
+    })))
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

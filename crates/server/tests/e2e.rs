@@ -29,7 +29,7 @@ impl Drop for Server {
 
 fn command(args: &[&str]) -> Command {
     let mut command = Command::new(BINARY);
-    command.args(["--port", "0"]);
+    command.args(["--port", "0", "--grpc-port", "0"]);
     if !args.contains(&"--model-dir") {
         command.arg("--model-dir").arg(example_dir());
     }

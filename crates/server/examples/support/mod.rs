@@ -33,7 +33,7 @@ impl ServerProcess {
     ) -> Result<Self> {
         let mut command = Command::new(binary);
         command
-            .args(["--port", "0", "--model-dir"])
+            .args(["--port", "0", "--grpc-port", "0", "--model-dir"])
             .arg(model_dir)
             // One line per request would cost the server more than the requests do.
             .env("RUST_LOG", "warn,inference_server::serve=info")

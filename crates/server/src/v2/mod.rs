@@ -5,13 +5,15 @@
 //!   scheduler's rows; `service`: health, metadata and inference on the repository;
 //!   `error`: the protocol's error causes. None of the three knows HTTP, so a gRPC service
 //!   can reuse them as they are.
-//! - `rest`: the JSON header with binary contents after it, and the axum handlers.
+//! - `rest`: the JSON header with binary contents after it, and the axum handlers;
+//!   `grpc`: the same operations as `inference.GRPCInferenceService` (tonic), on its own port.
 //!
 //! A request's rows go through the model's own scheduler, so v2 and seed requests share
 //! forward passes. Every error answer under `/v2` is `{"error": ...}`: the handlers' own,
 //! and through [`error_bodies`] those of the admission middleware and of unknown routes.
 
 pub mod error;
+pub mod grpc;
 pub mod rest;
 pub mod service;
 pub mod tensors;

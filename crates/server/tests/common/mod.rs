@@ -119,7 +119,7 @@ impl ServerProcess {
         use std::io::BufRead;
         use std::time::{Duration, Instant};
         let mut child = std::process::Command::new(SERVER_BINARY)
-            .args(["--port", "0", "--model-dir"])
+            .args(["--port", "0", "--grpc-port", "0", "--model-dir"])
             .arg(example_dir())
             .env("RUST_LOG", "info")
             .env_remove("INFERENCE_SERVER__PORT")
