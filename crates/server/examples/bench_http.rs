@@ -58,6 +58,8 @@ struct Scenario {
     floor: bool,
     /// Rows per request, for rows/s.
     rows: usize,
+    /// Extra request headers (`Name: value`).
+    headers: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -157,6 +159,7 @@ async fn main() -> Result<()> {
             body: br#"{"inputs": 2}"#.to_vec(),
             floor: true,
             rows: 1,
+            headers: Vec::new(),
         },
         Scenario {
             name: "/predict/batch (8)",
@@ -164,7 +167,18 @@ async fn main() -> Result<()> {
             body: br#"{"inputs": [1, 2, 3, 4, 5, 6, 7, 8]}"#.to_vec(),
             floor: true,
             rows: 8,
+            headers: Vec::new(),
         },
+        Scenario {
+            name: "v2 infer, JSON",
+            path: "/v2/models/example_model/infer".into(),
+            body: br#"{"inputs": [{"name": "input", "shape": [1, 1], "datatype": "FP32", "data": [2]}]}"#
+                .to_vec(),
+            floor: false,
+            rows: 1,
+            headers: Vec::new(),
+        },
+        v2_binary_scenario(),
     ];
     if resnet {
         // A 97x301 picture of 61 KB: resized, cropped and normalized like any photo.
@@ -176,6 +190,7 @@ async fn main() -> Result<()> {
             body: format!(r#"{{"inputs": "{text}"}}"#).into_bytes(),
             floor: false,
             rows: 1,
+            headers: Vec::new(),
         });
     }
 
@@ -185,11 +200,12 @@ async fn main() -> Result<()> {
         let body = scratch.path().join("body.json");
         std::fs::write(&body, &scenario.body)?;
         // A short run of each first: connections, caches and the allocator warm up.
-        oha.run(
+        oha.run_with_headers(
             &format!("{}{}", server.base(), scenario.path),
             4,
             1.0,
             &body,
+            &scenario.headers,
         )
         .await?;
         if scenario.floor {
@@ -215,7 +231,9 @@ async fn main() -> Result<()> {
                 None => None,
             };
             let url = format!("{}{}", server.base(), scenario.path);
-            let server_run = oha.run(&url, concurrency, args.secs, &body).await?;
+            let server_run = oha
+                .run_with_headers(&url, concurrency, args.secs, &body, &scenario.headers)
+                .await?;
             eprintln!(
                 "{} c={concurrency}: server {:.0} req/s p50 {:.3} ms{}",
                 scenario.name,
@@ -265,6 +283,22 @@ async fn main() -> Result<()> {
     std::fs::write(args.out.join("http.md"), markdown)?;
     eprintln!("wrote {}", args.out.join("http.{json,md}").display());
     Ok(())
+}
+
+/// One row as tritonclient sends it by default: a JSON header, the input's 4 raw bytes after
+/// it, and binary outputs back.
+fn v2_binary_scenario() -> Scenario {
+    let header = br#"{"inputs": [{"name": "input", "shape": [1, 1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}], "parameters": {"binary_data_output": true}}"#;
+    let mut body = header.to_vec();
+    body.extend_from_slice(&2.0f32.to_le_bytes());
+    Scenario {
+        name: "v2 infer, binary",
+        path: "/v2/models/example_model/infer".into(),
+        body,
+        floor: false,
+        rows: 1,
+        headers: vec![format!("Inference-Header-Content-Length: {}", header.len())],
+    }
 }
 
 struct PassTimes {

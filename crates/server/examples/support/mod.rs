@@ -214,7 +214,24 @@ impl Oha {
         secs: f64,
         body: &Path,
     ) -> Result<OhaRun> {
-        let output = Command::new(&self.binary)
+        self.run_with_headers(url, connections, secs, body, &[])
+            .await
+    }
+
+    /// As [`Oha::run`], with extra request headers (`Name: value`).
+    pub(crate) async fn run_with_headers(
+        &self,
+        url: &str,
+        connections: usize,
+        secs: f64,
+        body: &Path,
+        headers: &[String],
+    ) -> Result<OhaRun> {
+        let mut command = Command::new(&self.binary);
+        for header in headers {
+            command.args(["-H", header]);
+        }
+        let output = command
             .args(["--no-tui", "--output-format", "json", "-w"])
             .args(["-z", &format!("{secs}s"), "-c", &connections.to_string()])
             .args(["-m", "POST", "-T", "application/json", "-D"])
