@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{example_state, golden_for};
+use common::{assert_rows_close, example_state, f32s};
 use inference_server::v2::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use inference_server::v2::grpc::proto::model_infer_request::{
     InferInputTensor, InferRequestedOutputTensor,
@@ -38,21 +38,6 @@ fn input(shape: Vec<i64>, contents: Option<InferTensorContents>) -> InferInputTe
         shape,
         parameters: HashMap::new(),
         contents,
-    }
-}
-
-fn f32s(bytes: &[u8]) -> Vec<f64> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-        .collect()
-}
-
-fn assert_rows_close(values: &[f64], inputs: &[f64]) {
-    let expected: Vec<f64> = inputs.iter().flat_map(|&x| golden_for(x)).collect();
-    assert_eq!(values.len(), expected.len(), "{values:?} vs {expected:?}");
-    for (a, e) in values.iter().zip(&expected) {
-        assert!((a - e).abs() <= 1e-5, "{values:?} vs {expected:?}");
     }
 }
 

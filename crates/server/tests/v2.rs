@@ -7,7 +7,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
-use common::{example_state, golden_for, post_json};
+use common::{assert_rows_close, example_state, f32s, post_json};
 use http_body_util::BodyExt;
 use inference_core::InferenceEngine;
 use inference_core::testing::FakeEngine;
@@ -89,22 +89,6 @@ fn binary_post(
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn f32s(bytes: &[u8]) -> Vec<f64> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
-        .collect()
-}
-
-fn assert_rows_close(values: &[f64], inputs: &[f64]) {
-    assert_eq!(values.len(), 3 * inputs.len(), "{values:?}");
-    for (row, input) in values.chunks(3).zip(inputs) {
-        for (got, want) in row.iter().zip(golden_for(*input)) {
-            assert!((got - want).abs() <= 1e-5, "{row:?} for input {input}");
-        }
-    }
 }
 
 fn json_values(output: &Value) -> Vec<f64> {

@@ -54,6 +54,24 @@ pub fn assert_close(actual: &Value, expected: &[f64]) {
     }
 }
 
+/// Little-endian FP32 contents (a v2 binary output, a gRPC raw output) as numbers.
+pub fn f32s(bytes: &[u8]) -> Vec<f64> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+        .collect()
+}
+
+/// `values` are the example model's 3 outputs per row for `inputs`, within 1e-5 of golden.
+pub fn assert_rows_close(values: &[f64], inputs: &[f64]) {
+    assert_eq!(values.len(), 3 * inputs.len(), "{values:?}");
+    for (row, input) in values.chunks(3).zip(inputs) {
+        for (got, want) in row.iter().zip(golden_for(*input)) {
+            assert!((got - want).abs() <= 1e-5, "{row:?} for input {input}");
+        }
+    }
+}
+
 /// The default configuration: the example model with the default backend.
 pub fn test_config() -> Config {
     let mut config = Config::default();
