@@ -93,6 +93,36 @@ pub struct ServerConfig {
     /// Most bytes of request bodies held at once by inference requests, read or queued;
     /// more get 429, so memory is bounded in bytes and not only in requests.
     pub max_in_flight_bytes: usize,
+    /// With any key set, every route but health, metrics and docs needs
+    /// `Authorization: Bearer <key>` (gRPC: the same `authorization` metadata). A list, or
+    /// in `INFERENCE_SERVER__API_KEYS` one string of comma-separated keys.
+    #[serde(deserialize_with = "keys_from_list_or_string")]
+    pub api_keys: Vec<String>,
+    /// Origins browsers may call from (CORS); empty: no CORS headers; `["*"]`: any origin.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// A list of strings, or one string of comma-separated items (as an environment variable
+/// gives it); blank items are dropped.
+fn keys_from_list_or_string<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        String(String),
+    }
+    let items = match ListOrString::deserialize(deserializer)? {
+        ListOrString::List(items) => items,
+        ListOrString::String(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items
+        .into_iter()
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .collect())
 }
 
 /// 40 megapixels: larger than any camera photo a classifier needs, far below a bomb.
@@ -186,6 +216,8 @@ impl Default for ServerConfig {
             keep_alive_timeout_secs: 60.0,
             max_connections: 8192,
             max_in_flight_bytes: 256 * 1024 * 1024,
+            api_keys: Vec::new(),
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -296,6 +328,17 @@ impl Config {
                 "log.format",
                 quoted(&self.log.format),
                 "allowed: text, json",
+            ));
+        }
+        let origins = &self.server.cors_allowed_origins;
+        if let Some(origin) = origins.iter().find(|origin| {
+            axum::http::HeaderValue::from_str(origin).is_err()
+                || (origin.as_str() == "*" && origins.len() > 1)
+        }) {
+            return Err(ConfigError::invalid(
+                "server.cors_allowed_origins",
+                quoted(origin),
+                "each an origin such as \"https://app.example.com\", or \"*\" alone",
             ));
         }
         let positive = [
@@ -579,6 +622,40 @@ mod tests {
             assert_eq!(config.server.host, "127.0.0.1");
             assert_eq!(config.model.backend, "candle");
             assert_eq!(config.models.dir, PathBuf::from("models"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn api_keys_come_as_a_list_in_the_file_or_comma_separated_in_the_environment() {
+        Jail::expect_with(|jail| {
+            assert!(load(&Cli::default()).unwrap().server.api_keys.is_empty());
+            jail.create_file(
+                "inference.toml",
+                "[server]\napi_keys = [\"alpha\", \"beta\"]\n",
+            )?;
+            assert_eq!(
+                load(&Cli::default()).unwrap().server.api_keys,
+                ["alpha", "beta"]
+            );
+            jail.set_env("INFERENCE_SERVER__API_KEYS", "gamma, delta,");
+            assert_eq!(
+                load(&Cli::default()).unwrap().server.api_keys,
+                ["gamma", "delta"]
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_wildcard_origin_must_stand_alone() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "inference.toml",
+                "[server]\ncors_allowed_origins = [\"*\", \"https://a.example\"]\n",
+            )?;
+            let error = load(&Cli::default()).unwrap_err().to_string();
+            assert!(error.contains("server.cors_allowed_origins"), "{error}");
             Ok(())
         });
     }

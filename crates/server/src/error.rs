@@ -25,6 +25,9 @@ pub enum ApiError {
     /// Body or batch larger than configured (413).
     #[error("{0}")]
     TooLarge(String),
+    /// No API key, or not a valid one, on a closed route (401).
+    #[error("{0}")]
+    Unauthorized(String),
     /// Unknown model or route (404).
     #[error("{0}")]
     NotFound(String),
@@ -57,6 +60,7 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,

@@ -5,12 +5,15 @@
 //! `main` only loads the configuration, binds and serves; everything else is here so tests
 //! can drive the router directly.
 
+pub mod auth;
 pub mod backends;
 pub mod codec;
 pub mod config;
 pub mod error;
 pub mod image_input;
+pub mod metrics;
 pub mod probe;
+pub mod probes;
 pub mod processing;
 pub mod repository;
 pub mod responses;
@@ -46,9 +49,12 @@ pub fn app(state: AppState) -> Router {
         )
         .merge(v2::inference_routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admit));
-    Router::new()
+    let router = Router::new()
         .route("/", get(routes::root))
         .route("/health", get(routes::health))
+        .route("/health/live", get(probes::live))
+        .route("/health/ready", get(probes::ready))
+        .route("/metrics", get(metrics::scrape))
         .route("/models", get(routes::models))
         .route(
             "/models/{name}",
@@ -64,9 +70,23 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         // A bug in a handler answers 500 with a detail instead of dropping the connection.
         .layer(CatchPanicLayer::custom(panic_response))
-        // Outside every handler and the panic catcher: each error under /v2 is {"error"}.
+        // Before any admission or body read: a stranger costs nothing but this check.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_api_key,
+        ))
+        // Outside every handler, the key check and the panic catcher: each error under /v2
+        // is {"error"}.
         .layer(axum::middleware::from_fn(v2::error_bodies))
-        .layer(axum::middleware::from_fn(telemetry::log_request))
+        // Counts every answer, refusals included.
+        .layer(axum::middleware::from_fn(metrics::track_http))
+        .layer(axum::middleware::from_fn(telemetry::log_request));
+    // Outside the key check: a browser's preflight carries no key and is answered here.
+    let router = match auth::cors_layer(&state.config().server.cors_allowed_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router
         // Outermost: the id exists before logging and handlers, and goes back on the response.
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

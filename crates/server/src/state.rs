@@ -105,6 +105,8 @@ impl AppState {
     /// # Panics
     /// When `engines` is empty: a server always has a default model.
     pub fn new(config: Config, engines: Vec<Arc<dyn InferenceEngine>>) -> Self {
+        // Before any scheduler starts: each takes its metric handles when it starts.
+        crate::metrics::install();
         let default_model = engines
             .first()
             .map(|e| e.info().model.name.clone())
@@ -162,6 +164,7 @@ impl AppState {
     /// order; returns at once so the server can listen while models load. A missing
     /// repository is an error; a broken model is only that model's `failed` state.
     pub fn start(config: Config) -> Result<Self, StartupError> {
+        crate::metrics::install();
         let dir = config.model_dir();
         let discovered = repository::scan(&dir, config.models.name.as_deref(), &config.models.load)
             .map_err(StartupError::Repository)?;
@@ -409,6 +412,9 @@ impl AppState {
                 models.keys().cloned().collect::<Vec<_>>().join(", ")
             ))
         })?;
+        // Only a name of the repository: a label per name a client makes up would grow
+        // without bound.
+        crate::metrics::note_model(name);
         entry.handle.clone().ok_or_else(|| {
             let why = entry
                 .error

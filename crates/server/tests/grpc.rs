@@ -19,7 +19,10 @@ const MODEL: &str = "example_model";
 
 /// Serves the example model's state over gRPC on a free port; returns a connected client.
 async fn client() -> GrpcInferenceServiceClient<Channel> {
-    let state = example_state().await;
+    client_of(example_state().await).await
+}
+
+async fn client_of(state: inference_server::AppState) -> GrpcInferenceServiceClient<Channel> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, state, std::future::pending()));
@@ -201,4 +204,61 @@ async fn errors_have_the_protocol_codes() {
         .unwrap()
         .into_inner();
     assert_rows_close(&f32s(&fine.raw_output_contents[0]), &[1.0]);
+}
+
+#[tokio::test]
+async fn with_api_keys_metadata_and_inference_need_one_and_health_stays_open() {
+    let mut config = common::test_config();
+    config.server.api_keys = vec!["grpc-secret".into()];
+    let state = inference_server::AppState::from_config(config)
+        .await
+        .unwrap();
+    let mut client = client_of(state).await;
+    let infer = || proto::ModelInferRequest {
+        model_name: MODEL.into(),
+        inputs: vec![input(
+            vec![1, 1],
+            Some(InferTensorContents {
+                fp32_contents: vec![2.0],
+                ..Default::default()
+            }),
+        )],
+        ..Default::default()
+    };
+
+    let refused = client.model_infer(infer()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let refused = client
+        .server_metadata(proto::ServerMetadataRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let mut wrong = tonic::Request::new(infer());
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer not-it".parse().unwrap());
+    let refused = client.model_infer(wrong).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("not valid"), "{refused:?}");
+
+    let live = client
+        .server_live(proto::ServerLiveRequest {})
+        .await
+        .unwrap();
+    assert!(live.into_inner().live);
+    let ready = client
+        .model_ready(proto::ModelReadyRequest {
+            name: MODEL.into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap();
+    assert!(ready.into_inner().ready);
+
+    let mut keyed = tonic::Request::new(infer());
+    keyed
+        .metadata_mut()
+        .insert("authorization", "Bearer grpc-secret".parse().unwrap());
+    let reply = client.model_infer(keyed).await.unwrap().into_inner();
+    assert_rows_close(&f32s(&reply.raw_output_contents[0]), &[2.0]);
 }

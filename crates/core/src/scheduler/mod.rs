@@ -21,15 +21,18 @@
 //!   fails then fails whole (even rows that rode in other batches); the worker keeps serving;
 //! - every accepted request gets exactly one answer.
 
+mod observe;
 mod queue;
 mod stats;
 
+pub use observe::describe_metrics;
 pub use stats::SchedulerStats;
 
 use crate::engine::{InferenceEngine, validate_samples};
 use crate::error::EngineError;
 use crate::model::{Batch, Sample};
 use crate::worker::panic_message;
+use observe::SchedulerMetrics;
 use queue::{Claimed, Queue};
 use stats::Counters;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -154,6 +157,7 @@ impl Scheduler {
             started: Instant::now(),
             next_request_id: AtomicU64::new(0),
             next_batch_id: AtomicU64::new(0),
+            metrics: SchedulerMetrics::new(&engine.info().model.name),
             engine,
             config,
         });
@@ -344,6 +348,7 @@ struct Shared {
     started: Instant,
     next_request_id: AtomicU64,
     next_batch_id: AtomicU64,
+    metrics: SchedulerMetrics,
 }
 
 impl Shared {
@@ -357,6 +362,7 @@ impl Shared {
     fn reject(&self, queued: usize) -> EngineError {
         let mut counters = lock(&self.counters);
         counters.rejected += 1;
+        self.metrics.rejected();
         let per_round = self.config.max_batch_size * self.config.instances;
         let rounds = u32::try_from(queued.div_ceil(per_round).max(1)).unwrap_or(u32::MAX);
         // Before any batch was measured there is nothing to estimate from: one second.
@@ -386,6 +392,7 @@ impl Shared {
                 }
                 Ending::Expired => {
                     counters.expired += 1;
+                    self.metrics.expired();
                     counters.requests_failed += 1;
                     EngineError::DeadlineExceeded(request.timeout)
                 }
@@ -496,12 +503,14 @@ impl Shared {
         match outcome {
             Ok(outputs) => {
                 lock(&self.counters).record_batch(size, run.finished - run.started);
+                self.metrics.batch(size, run.finished - run.started);
                 for (row, output) in claimed.rows.iter().zip(outputs) {
                     self.deliver(&row.request, row.index, output, &run);
                 }
             }
             Err(error) => {
                 lock(&self.counters).errors += 1;
+                self.metrics.batch_failed();
                 let requests = claimed.requests();
                 if requests.len() > 1 && error.kind() != crate::ErrorKind::Unavailable {
                     // One request's rows may be what breaks the batch: retry each request's
@@ -547,12 +556,14 @@ impl Shared {
         match outcome {
             Ok(outputs) => {
                 lock(&self.counters).record_batch(run.size, run.finished - run.started);
+                self.metrics.batch(run.size, run.finished - run.started);
                 for (row, output) in rows.iter().zip(outputs) {
                     self.deliver(&row.request, row.index, output, &run);
                 }
             }
             Err(error) => {
                 lock(&self.counters).errors += 1;
+                self.metrics.batch_failed();
                 tracing::error!(%error, rows = run.size, "engine batch failed on its own");
                 self.finish(request, Ending::Failed(error));
             }
@@ -640,6 +651,7 @@ impl Shared {
             counters.record_row_latencies(&response.row_latencies);
             counters.record_success(response.queue_time, response.total_time);
         }
+        self.metrics.queued(response.queue_time);
         let _ = reply.send(Ok(response));
     }
 }

@@ -80,85 +80,33 @@ pub async fn serve(
         .await
 }
 
-fn version(version: &str) -> Option<&str> {
-    (!version.is_empty()).then_some(version)
-}
-
-#[tonic::async_trait]
-impl GrpcInferenceService for InferenceService {
-    async fn server_live(
-        &self,
-        _request: Request<proto::ServerLiveRequest>,
-    ) -> Result<Response<proto::ServerLiveResponse>, Status> {
-        Ok(Response::new(proto::ServerLiveResponse { live: true }))
-    }
-
-    async fn server_ready(
-        &self,
-        _request: Request<proto::ServerReadyRequest>,
-    ) -> Result<Response<proto::ServerReadyResponse>, Status> {
-        let ready = service::server_ready(&self.state).is_ok();
-        Ok(Response::new(proto::ServerReadyResponse { ready }))
-    }
-
-    async fn model_ready(
-        &self,
-        request: Request<proto::ModelReadyRequest>,
-    ) -> Result<Response<proto::ModelReadyResponse>, Status> {
-        let request = request.into_inner();
-        match service::model_ready(&self.state, &request.name, version(&request.version)) {
-            Ok(()) => Ok(Response::new(proto::ModelReadyResponse { ready: true })),
-            // As tritonclient's `is_model_ready` expects: an unknown model or version is
-            // not ready, rather than an error to catch.
-            Err(V2Error::Unavailable(_) | V2Error::NotFound(_)) => {
-                Ok(Response::new(proto::ModelReadyResponse { ready: false }))
-            }
-            Err(err) => Err(err.into()),
+impl InferenceService {
+    /// With API keys configured (`server.api_keys`), refuses a call without the metadata
+    /// `authorization: Bearer <key>`; the health calls never ask.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let keys = &self.state.config().server.api_keys;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| crate::auth::presented_key(value.as_bytes()));
+        match presented {
+            Some(key) if crate::auth::key_matches(key, keys) => Ok(()),
+            Some(_) => Err(Status::unauthenticated("the API key is not valid")),
+            None => Err(Status::unauthenticated(
+                "this service needs an API key: send the metadata `authorization: Bearer <key>`",
+            )),
         }
     }
 
-    async fn server_metadata(
-        &self,
-        _request: Request<proto::ServerMetadataRequest>,
-    ) -> Result<Response<proto::ServerMetadataResponse>, Status> {
-        let metadata = service::server_metadata();
-        Ok(Response::new(proto::ServerMetadataResponse {
-            name: metadata.name.into(),
-            version: metadata.version.into(),
-            extensions: metadata.extensions.iter().map(|e| (*e).into()).collect(),
-        }))
-    }
-
-    async fn model_metadata(
-        &self,
-        request: Request<proto::ModelMetadataRequest>,
-    ) -> Result<Response<proto::ModelMetadataResponse>, Status> {
-        let request = request.into_inner();
-        let model = service::model(&self.state, &request.name, version(&request.version))?;
-        let metadata = service::model_metadata(&model);
-        let describe = |specs: Vec<service::TensorMetadata>| {
-            specs
-                .into_iter()
-                .map(|t| proto::model_metadata_response::TensorMetadata {
-                    name: t.name,
-                    datatype: t.datatype.into(),
-                    shape: t.shape,
-                })
-                .collect()
-        };
-        Ok(Response::new(proto::ModelMetadataResponse {
-            name: metadata.name,
-            versions: metadata.versions,
-            platform: metadata.platform,
-            inputs: describe(metadata.inputs),
-            outputs: describe(metadata.outputs),
-        }))
-    }
-
-    async fn model_infer(
+    /// ModelInfer, admitted as the HTTP routes admit.
+    async fn infer(
         &self,
         request: Request<proto::ModelInferRequest>,
     ) -> Result<Response<proto::ModelInferResponse>, Status> {
+        self.authorize(&request)?;
         let state = &self.state;
         if state.is_draining() {
             return Err(V2Error::Unavailable("the server is shutting down".into()).into());
@@ -216,6 +164,102 @@ impl GrpcInferenceService for InferenceService {
             outputs,
             raw_output_contents,
         }))
+    }
+}
+
+fn version(version: &str) -> Option<&str> {
+    (!version.is_empty()).then_some(version)
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        _request: Request<proto::ServerLiveRequest>,
+    ) -> Result<Response<proto::ServerLiveResponse>, Status> {
+        Ok(Response::new(proto::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _request: Request<proto::ServerReadyRequest>,
+    ) -> Result<Response<proto::ServerReadyResponse>, Status> {
+        let ready = service::server_ready(&self.state).is_ok();
+        Ok(Response::new(proto::ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<proto::ModelReadyRequest>,
+    ) -> Result<Response<proto::ModelReadyResponse>, Status> {
+        let request = request.into_inner();
+        match service::model_ready(&self.state, &request.name, version(&request.version)) {
+            Ok(()) => Ok(Response::new(proto::ModelReadyResponse { ready: true })),
+            // As tritonclient's `is_model_ready` expects: an unknown model or version is
+            // not ready, rather than an error to catch.
+            Err(V2Error::Unavailable(_) | V2Error::NotFound(_)) => {
+                Ok(Response::new(proto::ModelReadyResponse { ready: false }))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn server_metadata(
+        &self,
+        request: Request<proto::ServerMetadataRequest>,
+    ) -> Result<Response<proto::ServerMetadataResponse>, Status> {
+        self.authorize(&request)?;
+        let metadata = service::server_metadata();
+        Ok(Response::new(proto::ServerMetadataResponse {
+            name: metadata.name.into(),
+            version: metadata.version.into(),
+            extensions: metadata.extensions.iter().map(|e| (*e).into()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<proto::ModelMetadataRequest>,
+    ) -> Result<Response<proto::ModelMetadataResponse>, Status> {
+        self.authorize(&request)?;
+        let request = request.into_inner();
+        let model = service::model(&self.state, &request.name, version(&request.version))?;
+        let metadata = service::model_metadata(&model);
+        let describe = |specs: Vec<service::TensorMetadata>| {
+            specs
+                .into_iter()
+                .map(|t| proto::model_metadata_response::TensorMetadata {
+                    name: t.name,
+                    datatype: t.datatype.into(),
+                    shape: t.shape,
+                })
+                .collect()
+        };
+        Ok(Response::new(proto::ModelMetadataResponse {
+            name: metadata.name,
+            versions: metadata.versions,
+            platform: metadata.platform,
+            inputs: describe(metadata.inputs),
+            outputs: describe(metadata.outputs),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<proto::ModelInferRequest>,
+    ) -> Result<Response<proto::ModelInferResponse>, Status> {
+        let started = std::time::Instant::now();
+        let requested = request.get_ref().model_name.clone();
+        let answer = self.infer(request).await;
+        // Only a name of the repository: a label per name a client makes up would grow
+        // without bound.
+        let known = self.state.model_names().contains(&requested);
+        let model = if known { requested } else { String::new() };
+        let code = answer
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        crate::metrics::record_grpc("ModelInfer", code, &model, started.elapsed());
+        answer
     }
 }
 
