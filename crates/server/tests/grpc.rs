@@ -262,3 +262,39 @@ async fn with_api_keys_metadata_and_inference_need_one_and_health_stays_open() {
     let reply = client.model_infer(keyed).await.unwrap().into_inner();
     assert_rows_close(&f32s(&reply.raw_output_contents[0]), &[2.0]);
 }
+
+#[tokio::test]
+async fn infer_calls_are_counted_by_method_code_and_model() {
+    let mut client = client().await;
+    let request = proto::ModelInferRequest {
+        model_name: MODEL.into(),
+        inputs: vec![input(
+            vec![1, 1],
+            Some(InferTensorContents {
+                fp32_contents: vec![3.0],
+                ..Default::default()
+            }),
+        )],
+        ..Default::default()
+    };
+    client.model_infer(request).await.unwrap();
+    let unknown = proto::ModelInferRequest {
+        model_name: "made_up_9d2e".into(),
+        ..Default::default()
+    };
+    let refused = client.model_infer(unknown).await.unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
+
+    let text = inference_server::metrics::install()
+        .expect("the server's recorder")
+        .render();
+    let served = r#"grpc_requests_total{method="ModelInfer",code="Ok",model="example_model"}"#;
+    assert!(text.contains(served), "{text}");
+    let not_found = r#"grpc_requests_total{method="ModelInfer",code="NotFound",model=""}"#;
+    assert!(text.contains(not_found), "{text}");
+    assert!(!text.contains("9d2e"), "made-up names are not labels");
+    assert!(
+        text.contains("grpc_request_duration_seconds_bucket{"),
+        "{text}"
+    );
+}
