@@ -13,13 +13,15 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
-/// Paths answered without a key: liveness, readiness, health, metrics, the API's docs.
+/// Paths answered without a key: liveness, readiness, health, metrics, the API's docs and
+/// the browser page's static files (the page asks for the key and sends it itself).
 pub fn is_open(path: &str) -> bool {
     matches!(
         path,
         "/health" | "/health/live" | "/health/ready" | "/metrics" | "/openapi.json"
-    ) || path == "/docs"
-        || path.starts_with("/docs/")
+    ) || ["/docs", "/ui"]
+        .iter()
+        .any(|prefix| path == *prefix || path.starts_with(&format!("{prefix}/")))
         || path.starts_with("/v2/health/")
 }
 
@@ -137,6 +139,8 @@ mod tests {
             "/openapi.json",
             "/docs",
             "/docs/index.html",
+            "/ui",
+            "/ui/batch_client.js",
             "/v2/health/live",
             "/v2/health/ready",
         ] {
@@ -152,6 +156,7 @@ mod tests {
             "/v2",
             "/v2/models/example/infer",
             "/docsx",
+            "/uix",
             "/health/live/x",
         ] {
             assert!(!is_open(closed), "{closed}");

@@ -21,6 +21,7 @@ pub mod routes;
 pub mod serve;
 pub mod state;
 pub mod telemetry;
+pub mod ui;
 pub mod v2;
 
 use axum::Router;
@@ -55,6 +56,9 @@ pub fn app(state: AppState) -> Router {
         .route("/health/live", get(probes::live))
         .route("/health/ready", get(probes::ready))
         .route("/metrics", get(metrics::scrape))
+        .route("/ui", get(ui::page))
+        .route("/ui/app.js", get(ui::app_script))
+        .route("/ui/batch_client.js", get(ui::seed_tester))
         .route("/models", get(routes::models))
         .route(
             "/models/{name}",
