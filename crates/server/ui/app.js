@@ -214,7 +214,8 @@ function lineChart(canvas, series, colors) {
   const context = canvas.getContext('2d');
   const { width, height } = canvas;
   context.clearRect(0, 0, width, height);
-  const top = Math.max(1e-9, ...series.flat());
+  const largest = Math.max(0, ...series.flat());
+  const top = largest || 1;
   series.forEach((values, i) => {
     context.strokeStyle = colors[i];
     context.lineWidth = 2;
@@ -228,7 +229,7 @@ function lineChart(canvas, series, colors) {
   });
   context.fillStyle = '#5c6577';
   context.font = '11px system-ui';
-  context.fillText(top.toPrecision(3), 4, 12);
+  context.fillText(largest ? largest.toPrecision(3) : '0', 4, 12);
 }
 
 function histogram(canvas, values) {
