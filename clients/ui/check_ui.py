@@ -11,6 +11,7 @@ Usage: check_ui.py BASE_URL OUT_DIR CHROMIUM CHROMEDRIVER [PICTURE]
 import os
 import sys
 import time
+import urllib.request
 
 from PIL import Image
 from selenium import webdriver
@@ -84,6 +85,21 @@ def click(driver, label):
     button.click()
 
 
+def wait_until_ready():
+    """Every model of the repository loaded (ResNet-18 takes a while)."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/health/ready", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    check(False, "the server was not ready within 180 s")
+
+
+wait_until_ready()
 driver = start_browser()
 try:
     driver.get(f"{base_url}/ui")

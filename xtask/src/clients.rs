@@ -185,7 +185,7 @@ fn imports_requests(python: &Path) -> bool {
     imports(python, "requests")
 }
 
-fn imports(python: &Path, modules: &str) -> bool {
+pub(crate) fn imports(python: &Path, modules: &str) -> bool {
     Command::new(python)
         .args(["-c", &format!("import {modules}")])
         .output()
@@ -193,7 +193,7 @@ fn imports(python: &Path, modules: &str) -> bool {
 }
 
 /// Builds the default-feature server binary (candle) and returns its path.
-fn build_server() -> Result<PathBuf> {
+pub(crate) fn build_server() -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -213,14 +213,14 @@ fn build_server() -> Result<PathBuf> {
 }
 
 /// The server binary on a free port; killed when dropped, whatever happened meanwhile.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
-    base_url: String,
+    pub(crate) base_url: String,
 }
 
 impl ServerProcess {
     /// Serves `model_dir`, with gRPC on `grpc_port` (0: off).
-    fn start(binary: &Path, model_dir: &Path, grpc_port: u16) -> Result<Self> {
+    pub(crate) fn start(binary: &Path, model_dir: &Path, grpc_port: u16) -> Result<Self> {
         let mut child = Command::new(binary)
             .args(["--host", "127.0.0.1", "--port", "0", "--grpc-port"])
             .arg(grpc_port.to_string())
@@ -297,7 +297,7 @@ fn listening_address(line: &str) -> Option<String> {
 
 /// Runs a client to completion and returns its stdout; on failure the error holds the
 /// tail of both streams.
-fn run_client(command: &mut Command) -> Result<String> {
+pub(crate) fn run_client(command: &mut Command) -> Result<String> {
     let line = display(command);
     let mut child = command
         .current_dir(workspace_root())

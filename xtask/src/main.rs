@@ -14,6 +14,7 @@ mod process;
 mod setup;
 mod soak;
 mod test;
+mod ui_check;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -43,6 +44,8 @@ enum Task {
     Soak(soak::SoakArgs),
     /// Runs the seed page's Python and JavaScript clients, unmodified, against the server.
     CheckClients,
+    /// Drives the browser page (`/ui`) in headless Chromium; screenshots in `target/ui/`.
+    CheckUi,
     /// Proves that every backend's CUDA code compiles, with nvcc from PyPI and no GPU (slow).
     CheckCuda(cuda::CheckCudaArgs),
     /// Runs every backend's conformance suite on a CUDA GPU and prints per-batch timings.
@@ -71,6 +74,7 @@ fn run(task: Task) -> Result<()> {
         Task::Bench(args) => bench::run(&args),
         Task::Soak(args) => soak::run(&args),
         Task::CheckClients => clients::run(),
+        Task::CheckUi => ui_check::run(),
         Task::CheckCuda(args) => cuda::run(&args),
         Task::GpuCheck(args) => gpu::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),

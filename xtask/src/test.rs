@@ -98,6 +98,7 @@ pub(crate) fn run(args: &TestArgs) -> Result<()> {
     let mut timings = run_steps(&steps, &mut commands)?;
     if !args.quick {
         crate::clients::run().context("step `check-clients` failed")?;
+        crate::ui_check::run().context("step `check-ui` failed")?;
     }
     timings.push(soak_step()?);
     if !args.quick {
