@@ -187,14 +187,16 @@ async function classify(file) {
     const answer = await api(`/models/${encodeURIComponent(model.name)}/predict`, {
       method: 'POST', headers: { 'Content-Type': file.type || 'image/png' }, body: file,
     });
-    const classes = answer.prediction?.classes || [];
-    for (const entry of classes.slice(0, 5)) {
+    const classes = (answer.prediction?.classes || []).slice(0, 5);
+    // Bars relative to the most probable class: an untrained model's scores are all small.
+    const best = Math.max(...classes.map((c) => c.score), 1e-12);
+    for (const entry of classes) {
       const row = document.createElement('div');
       const name = document.createElement('span');
       name.textContent = entry.label || `class ${entry.index}`;
       const bar = document.createElement('div');
       bar.className = 'bar';
-      bar.style.width = `${Math.max(entry.score * 100, 1)}%`;
+      bar.style.width = `${Math.max((entry.score / best) * 100, 1)}%`;
       const score = document.createElement('span');
       score.textContent = `${(entry.score * 100).toFixed(1)}%`;
       row.append(name, bar, score);
