@@ -609,6 +609,26 @@ impl Serialize for Prediction {
     }
 }
 
+/// Documented as what [`Prediction`]'s `Serialize` writes: the nested list of a single
+/// output, or an object keyed by output name (with `classes` when the model classifies),
+/// or the list of top classes alone.
+impl utoipa::PartialSchema for Prediction {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .description(Some(
+                "One row's outputs: the nested list of a single output, or an object keyed \
+                 by output name (with `classes` when the model classifies), or the top \
+                 classes alone.",
+            ))
+            .item(ArrayBuilder::new())
+            .item(ObjectBuilder::new().schema_type(Type::Object))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Prediction {}
+
 /// A tensor as nested JSON lists, each element in its own type (f32 prints as f32).
 struct NestedList<'a>(&'a Tensor);
 
