@@ -1,6 +1,6 @@
 //! The HTTP endpoints of API.md.
 
-use crate::codec::{JsonBody, Prediction, decode_sample_raw, raw_kind};
+use crate::codec::{JsonBody, PathParams, Prediction, decode_sample_raw, raw_kind};
 use crate::error::ApiError;
 use crate::image_input;
 use crate::processing::Preprocess;
@@ -10,7 +10,7 @@ use crate::responses::{
 };
 use crate::state::{AppState, ModelHandle, ModelState};
 use axum::Json;
-use axum::extract::{FromRequest, Path, State};
+use axum::extract::{FromRequest, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use inference_core::scheduler::{InferenceRequest, SchedulerStats};
@@ -469,7 +469,7 @@ fn predict_response(
     )),
     responses(
         (status = 200, description = "The prediction", body = PredictResponse),
-        (status = 400, description = "The body is not JSON, or cannot be read", body = crate::openapi::Detail),
+        (status = 400, description = "The body is not JSON or cannot be read, or a path segment is not UTF-8", body = crate::openapi::Detail),
         (status = 404, description = "Unknown model", body = crate::openapi::Detail),
         (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
         (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
@@ -483,7 +483,7 @@ fn predict_response(
 )]
 pub async fn model_predict(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     headers: HeaderMap,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
@@ -570,7 +570,7 @@ pub async fn predict_batch(
     request_body(content = PredictRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "One prediction per sample (null for a failed one)", body = BatchPredictResponse),
-        (status = 400, description = "The body is not JSON, or cannot be read", body = crate::openapi::Detail),
+        (status = 400, description = "The body is not JSON or cannot be read, or a path segment is not UTF-8", body = crate::openapi::Detail),
         (status = 404, description = "Unknown model", body = crate::openapi::Detail),
         (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
         (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
@@ -584,7 +584,7 @@ pub async fn predict_batch(
 )]
 pub async fn model_predict_batch(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<PredictRequest>,
 ) -> Result<Response, ApiError> {
@@ -999,13 +999,14 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
     params(("name" = String, Path, description = "The model's name", example = "example_model")),
     responses(
         (status = 200, description = "The model", body = crate::openapi::ModelDocument),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::Detail),
         (status = 404, description = "Unknown model", body = crate::openapi::Detail),
         (status = 422, description = "JSON that does not fit the endpoint or the model", body = crate::openapi::Detail),
     )
 )]
 pub async fn model(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Json<Value>, ApiError> {
     crate::repository::check_name(&name).map_err(ApiError::Unprocessable)?;
     let entry = state
@@ -1025,6 +1026,7 @@ pub async fn model(
     params(("name" = String, Path, description = "The model's name", example = "example_model")),
     responses(
         (status = 200, description = "The model, loaded", body = crate::openapi::ModelDocument),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::Detail),
         (status = 404, description = "No such model in the repository", body = crate::openapi::Detail),
         (status = 422, description = "Not a model name, or the model cannot be loaded", body = crate::openapi::Detail),
         (status = 503, description = "The model was unloaded while it loaded", body = crate::openapi::Detail),
@@ -1032,7 +1034,7 @@ pub async fn model(
 )]
 pub async fn load_model(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Json<Value>, ApiError> {
     state.load(&name).await?;
     let entry = state
@@ -1051,13 +1053,14 @@ pub async fn load_model(
     params(("name" = String, Path, description = "The model's name")),
     responses(
         (status = 200, description = "The model is no longer served", body = crate::openapi::Unloaded),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::Detail),
         (status = 404, description = "No such model is loaded", body = crate::openapi::Detail),
         (status = 422, description = "Not a model name", body = crate::openapi::Detail),
     )
 )]
 pub async fn unload_model(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Json<Value>, ApiError> {
     state.unload(&name).await?;
     Ok(Json(json!({ "name": name, "unloaded": true })))

@@ -224,6 +224,17 @@ async fn every_documented_operation_answers_as_documented() {
     )
     .await;
 
+    // A path segment that is not UTF-8: a 400 in each family's error shape.
+    d.expect("/models/{name}", get("/models/%FF"), 400).await;
+    d.expect(
+        "/models/{name}/predict",
+        post_json("/models/%FF/predict", r#"{"inputs": [2.0]}"#),
+        400,
+    )
+    .await;
+    d.expect("/v2/models/{name}", get("/v2/models/%FF"), 400)
+        .await;
+
     // Seed inference routes: successes and each kind of refusal.
     d.expect(
         "/predict",
@@ -503,4 +514,19 @@ async fn docs_serve_swagger_ui_from_the_binary_pointed_at_the_document() {
     // Without the slash: sent on to the page.
     let bare = call(&state, get("/docs")).await;
     assert!(bare.status.is_redirection(), "{}", bare.status);
+}
+
+#[tokio::test]
+#[should_panic(expected = "does not fit its schema")]
+async fn a_body_that_differs_from_its_schema_is_caught() {
+    // The conformance check itself: a made-up answer whose `models` is not a list.
+    let doc = document(&example_state().await).await;
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    let answer = Answer {
+        status: StatusCode::OK,
+        headers,
+        bytes: br#"{"models": 1, "default_model": "m", "count": 1}"#.to_vec(),
+    };
+    conforms(&doc, "get", "/models", &answer);
 }

@@ -703,6 +703,7 @@ pub async fn server_metadata() -> Json<service::ServerMetadata> {
     params(("name" = String, Path, description = "The model's name", example = "example_model")),
     responses(
         (status = 200, description = "The model's metadata", body = service::ModelMetadata),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::V2ErrorBody),
         (status = 404, description = "Unknown model or version", body = crate::openapi::V2ErrorBody),
         (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::V2ErrorBody),
     )
@@ -723,6 +724,7 @@ pub async fn model_metadata(
     params(("name" = String, Path, description = "The model's name", example = "example_model"), ("version" = String, Path, description = "The model's version", example = "1")),
     responses(
         (status = 200, description = "The model's metadata", body = service::ModelMetadata),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::V2ErrorBody),
         (status = 404, description = "Unknown model or version", body = crate::openapi::V2ErrorBody),
         (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::V2ErrorBody),
     )
@@ -743,6 +745,7 @@ pub async fn model_version_metadata(
     params(("name" = String, Path, description = "The model's name", example = "example_model")),
     responses(
         (status = 200, description = "Ready for inference"),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::V2ErrorBody),
         (status = 404, description = "Unknown model or version", body = crate::openapi::V2ErrorBody),
         (status = 503, description = "Loading, failed or draining", body = crate::openapi::V2ErrorBody),
     )
@@ -762,6 +765,7 @@ pub async fn model_ready(
     params(("name" = String, Path, description = "The model's name", example = "example_model"), ("version" = String, Path, description = "The model's version", example = "1")),
     responses(
         (status = 200, description = "Ready for inference"),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::V2ErrorBody),
         (status = 404, description = "Unknown model or version", body = crate::openapi::V2ErrorBody),
         (status = 503, description = "Loading, failed or draining", body = crate::openapi::V2ErrorBody),
     )
