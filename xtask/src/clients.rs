@@ -1,7 +1,9 @@
 //! `cargo xtask check-clients`: runs the Python and JavaScript clients of the seed page,
 //! unmodified, against the real server binary, so API changes that break them fail here;
 //! then Triton's own Python clients (`tritonclient.http` and `.grpc`) against a server of
-//! the whole repository (ResNet-18 too, once exported) on the KServe v2 protocol.
+//! the whole repository (ResNet-18 too, once exported) on the KServe v2 protocol; last,
+//! schemathesis against the server's own OpenAPI document (`/openapi.json`), on every
+//! operation it lists.
 
 use crate::process::{Steps, display, workspace_root};
 use crate::setup::{self, Pin};
@@ -16,6 +18,14 @@ use std::time::{Duration, Instant};
 const PYTHON_CLIENT: &str = "clients/seed/batch_client.py";
 const JS_CLIENT: &str = "clients/seed/batch_client.js";
 const TRITON_CHECK: &str = "clients/triton/check_v2.py";
+/// Which 5xx answers schemathesis may see (the readiness probes' documented 503s).
+const SCHEMATHESIS_CONFIG: &str = "clients/schemathesis.toml";
+
+/// What schemathesis checks on every answer: no 5xx, and status, content type and body
+/// as the document says for that operation.
+const SCHEMATHESIS_CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance";
+/// Examples per operation and phase: the run takes about 20 s against a debug build.
+const SCHEMATHESIS_MAX_EXAMPLES: &str = "30";
 
 /// The address both clients hard-code; replaced in memory only, the files stay verbatim.
 const SEED_BASE_URL: &str = "http://localhost:8000";
@@ -77,13 +87,19 @@ fn tritonclient_pin() -> Pin {
     Pin::new("tritonclient[all]", "2.73.0")
 }
 
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
+
+fn schemathesis_pin() -> Pin {
+    Pin::new("schemathesis", SCHEMATHESIS_VERSION)
+}
+
 pub(crate) fn run() -> Result<()> {
     let root = workspace_root();
     read_client(&root.join(PYTHON_CLIENT))?;
     let js_client = read_client(&root.join(JS_CLIENT))?;
     let node = node_version()?;
     let runtimes = setup::ensure_installed()?;
-    let mut steps = Steps::new(8);
+    let mut steps = Steps::new(11);
     steps.run("install `requests` into the setup venv if missing", |bar| {
         if imports_requests(&runtimes.python) {
             return Ok(());
@@ -145,8 +161,70 @@ pub(crate) fn run() -> Result<()> {
         );
         eprint!("{output}");
         Ok(())
-    })
+    })?;
+    drop(server);
+    steps.run(
+        &format!("install `schemathesis=={SCHEMATHESIS_VERSION}` into the setup venv if missing"),
+        |bar| {
+            if installed_version(&runtimes.python, "schemathesis").as_deref()
+                == Some(SCHEMATHESIS_VERSION)
+            {
+                return Ok(());
+            }
+            setup::pip_install(&runtimes.python, &[schemathesis_pin()], bar)
+        },
+    )?;
+    // A server of its own: schemathesis unloads and loads models as it explores.
+    let server = steps.run("start the server for schemathesis", |_| {
+        ServerProcess::start(&binary, &example, 0)
+    })?;
+    steps.run(
+        "run schemathesis on every operation of /openapi.json",
+        |_| {
+            let mut command = schemathesis_command(
+                &runtimes.python,
+                &server.base_url,
+                &root.join(SCHEMATHESIS_CONFIG),
+            );
+            let output = run_client(&mut command)?;
+            eprintln!("{}", tail(&output, 12));
+            Ok(())
+        },
+    )
     // `server` drops here (or at any `?` above), which kills the process.
+}
+
+/// `schemathesis run` against the live document: every operation, every phase, the checks
+/// of [`SCHEMATHESIS_CHECKS`]; it exits nonzero on any failure.
+fn schemathesis_command(python: &Path, base_url: &str, config: &Path) -> Command {
+    let mut command = Command::new(python);
+    command
+        .args(["-m", "schemathesis.cli", "--config-file"])
+        .arg(config)
+        .arg("run")
+        .arg(format!("{base_url}/openapi.json"))
+        .args(["--checks", SCHEMATHESIS_CHECKS])
+        .args(["--max-examples", SCHEMATHESIS_MAX_EXAMPLES])
+        .arg("--no-color")
+        .env("PYTHONIOENCODING", "utf-8");
+    command
+}
+
+/// The installed version of a distribution in the venv, if any.
+fn installed_version(python: &Path, distribution: &str) -> Option<String> {
+    let output = Command::new(python)
+        .args([
+            "-c",
+            "import sys, importlib.metadata as m; print(m.version(sys.argv[1]))",
+            distribution,
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
 /// A port that was free a moment ago, for the gRPC listener (which, unlike HTTP, has no
@@ -402,6 +480,45 @@ mod tests {
         assert!(error.contains("Success Rate: 100.0%"), "{error}");
         let good = "✅ Batch API is responsive\n...\nSuccess Rate: 100.0%\n";
         check_python_output(good).unwrap();
+    }
+
+    #[test]
+    fn schemathesis_runs_every_check_against_the_live_document() {
+        let command = schemathesis_command(
+            Path::new("/venv/bin/python"),
+            "http://127.0.0.1:4000",
+            Path::new("clients/schemathesis.toml"),
+        );
+        let args: Vec<String> = command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let after = |flag: &str| {
+            let at = args.iter().position(|a| a == flag).unwrap();
+            args[at + 1].clone()
+        };
+        assert_eq!(after("run"), "http://127.0.0.1:4000/openapi.json");
+        assert_eq!(after("--config-file"), "clients/schemathesis.toml");
+        let checks = after("--checks");
+        for check in [
+            "not_a_server_error",
+            "status_code_conformance",
+            "content_type_conformance",
+            "response_schema_conformance",
+        ] {
+            assert!(checks.split(',').any(|c| c == check), "{checks}");
+        }
+        assert!(after("--max-examples").parse::<u32>().unwrap() > 0);
+        // No filter: every operation of the document is tested.
+        assert!(
+            !args
+                .iter()
+                .any(|a| a.starts_with("--include") || a.starts_with("--exclude"))
+        );
+        assert!(
+            workspace_root().join(SCHEMATHESIS_CONFIG).is_file(),
+            "the configuration is committed"
+        );
     }
 
     #[test]

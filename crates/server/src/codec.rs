@@ -44,6 +44,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// The path's parameters, whose rejection (a segment that is not UTF-8) is an [`ApiError`]
+/// with a `detail` like every other error, not axum's plain text.
+#[derive(Debug)]
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for PathParams<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| PathParams(value))
+            .map_err(|rejection| ApiError::BadPath(rejection.body_text()))
+    }
+}
+
 fn check_content_type(request: &Request) -> Result<(), ApiError> {
     let Some(value) = request.headers().get(header::CONTENT_TYPE) else {
         // curl without -H and many scripts send no content type: read the body as JSON.
@@ -608,6 +629,26 @@ impl Serialize for Prediction {
         }
     }
 }
+
+/// Documented as what [`Prediction`]'s `Serialize` writes: the nested list of a single
+/// output, or an object keyed by output name (with `classes` when the model classifies),
+/// or the list of top classes alone.
+impl utoipa::PartialSchema for Prediction {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .description(Some(
+                "One row's outputs: the nested list of a single output, or an object keyed \
+                 by output name (with `classes` when the model classifies), or the top \
+                 classes alone.",
+            ))
+            .item(ArrayBuilder::new())
+            .item(ObjectBuilder::new().schema_type(Type::Object))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Prediction {}
 
 /// A tensor as nested JSON lists, each element in its own type (f32 prints as f32).
 struct NestedList<'a>(&'a Tensor);

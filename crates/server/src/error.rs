@@ -13,6 +13,9 @@ pub enum ApiError {
     /// The body is not JSON at all (400).
     #[error("{0}")]
     MalformedJson(String),
+    /// A path segment that cannot be read, such as one that is not UTF-8 (400).
+    #[error("{0}")]
+    BadPath(String),
     /// The body is not JSON by its content type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -54,7 +57,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_) | ApiError::BadPath(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) | ApiError::UnprocessableList(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod image_input;
 pub mod metrics;
+pub mod openapi;
 pub mod probe;
 pub mod probes;
 pub mod processing;
@@ -26,9 +27,11 @@ pub mod v2;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use config::{Cli, Config};
 pub use serve::{run, serve_until, shutdown_signal};
@@ -38,37 +41,36 @@ pub use state::{AppState, StartupError};
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config().server.max_body_bytes;
     // Only inference is admission-controlled: probes and stats must answer under load.
-    let inference = Router::new()
-        .route("/predict", post(routes::predict))
-        .route("/predict/batch", post(routes::predict_batch))
-        .route("/examples/simple", post(routes::example_simple))
-        .route("/examples/batch", post(routes::example_batch))
-        .route("/models/{name}/predict", post(routes::model_predict))
-        .route(
-            "/models/{name}/predict/batch",
-            post(routes::model_predict_batch),
-        )
+    // Every route is declared through `routes!`, from its handler's `#[utoipa::path]`: the
+    // route and its entry in the OpenAPI document are one declaration.
+    let inference = OpenApiRouter::new()
+        .routes(routes!(routes::predict))
+        .routes(routes!(routes::predict_batch))
+        .routes(routes!(routes::example_simple))
+        .routes(routes!(routes::example_batch))
+        .routes(routes!(routes::model_predict))
+        .routes(routes!(routes::model_predict_batch))
         .merge(v2::inference_routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), admit));
-    let router = Router::new()
-        .route("/", get(routes::root))
-        .route("/health", get(routes::health))
-        .route("/health/live", get(probes::live))
-        .route("/health/ready", get(probes::ready))
-        .route("/metrics", get(metrics::scrape))
-        .route("/ui", get(ui::page))
-        .route("/ui/app.js", get(ui::app_script))
-        .route("/ui/batch_client.js", get(ui::seed_tester))
-        .route("/models", get(routes::models))
-        .route(
-            "/models/{name}",
-            get(routes::model).delete(routes::unload_model),
-        )
-        .route("/models/{name}/load", post(routes::load_model))
-        .route("/stats", get(routes::stats))
-        .route("/config", get(routes::config))
+    let (router, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(routes::root))
+        .routes(routes!(routes::health))
+        .routes(routes!(probes::live))
+        .routes(routes!(probes::ready))
+        .routes(routes!(metrics::scrape))
+        .routes(routes!(ui::page))
+        .routes(routes!(ui::app_script))
+        .routes(routes!(ui::seed_tester))
+        .routes(routes!(routes::models))
+        .routes(routes!(routes::model, routes::unload_model))
+        .routes(routes!(routes::load_model))
+        .routes(routes!(routes::stats))
+        .routes(routes!(routes::config))
         .merge(v2::routes())
         .merge(inference)
+        .split_for_parts();
+    let router = router
+        .merge(openapi::docs(document))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

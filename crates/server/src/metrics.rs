@@ -171,6 +171,15 @@ pub fn record_grpc(method: &'static str, code: tonic::Code, model: &str, took: D
 }
 
 /// `GET /metrics`: the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "server",
+    responses(
+        (status = 200, description = "Prometheus' text exposition format, version 0.0.4", body = String, content_type = "text/plain"),
+        (status = 404, description = "Metrics are off: the embedding program installed its own recorder", body = crate::openapi::Detail),
+    )
+)]
 pub async fn scrape(State(state): State<AppState>) -> Response {
     let Some(handle) = install() else {
         return crate::error::ApiError::NotFound(

@@ -3,22 +3,23 @@
 use crate::codec::Prediction;
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct ProcessingTime {
     pub preprocessing_ms: f64,
     pub inference_ms: f64,
     pub postprocessing_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ModelInfo {
     pub model: String,
     pub backend: String,
     pub device: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Metadata {
     pub framework_version: &'static str,
     pub model_version: String,
@@ -34,7 +35,7 @@ pub struct Metadata {
     pub processing_time: Option<ProcessingTime>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BatchInfo {
     pub batch_size: usize,
     pub successful_predictions: usize,
@@ -46,7 +47,7 @@ pub struct BatchInfo {
     pub processing_time: ProcessingTime,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PredictResponse {
     pub success: bool,
     pub result: Prediction,
@@ -60,7 +61,7 @@ pub struct PredictResponse {
     pub metadata: Metadata,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BatchPredictResponse {
     pub success: bool,
     pub results: Vec<Option<Prediction>>,
@@ -78,7 +79,7 @@ pub struct BatchPredictResponse {
     pub warnings: Option<Vec<String>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ExampleBatchInner {
     pub success: bool,
     pub predictions: Vec<Option<Prediction>>,
@@ -92,14 +93,14 @@ pub struct ExampleBatchInner {
     pub warnings: Option<Vec<String>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ExampleBatchResponse {
     pub example: &'static str,
     pub input_count: usize,
     pub response: ExampleBatchInner,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ExampleSimpleInner {
     pub success: bool,
     pub prediction: Prediction,
@@ -110,9 +111,10 @@ pub struct ExampleSimpleInner {
     pub metadata: Metadata,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ExampleSimpleResponse {
     pub example: &'static str,
+    /// The request's `input`, echoed.
     pub input: Value,
     pub response: ExampleSimpleInner,
 }

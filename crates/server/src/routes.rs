@@ -1,6 +1,6 @@
 //! The HTTP endpoints of API.md.
 
-use crate::codec::{JsonBody, Prediction, decode_sample_raw, raw_kind};
+use crate::codec::{JsonBody, PathParams, Prediction, decode_sample_raw, raw_kind};
 use crate::error::ApiError;
 use crate::image_input;
 use crate::processing::Preprocess;
@@ -10,7 +10,7 @@ use crate::responses::{
 };
 use crate::state::{AppState, ModelHandle, ModelState};
 use axum::Json;
-use axum::extract::{FromRequest, Path, State};
+use axum::extract::{FromRequest, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use inference_core::scheduler::{InferenceRequest, SchedulerStats};
@@ -33,10 +33,13 @@ const PARTIAL_FAILURE_WARNING: &str =
 // Request bodies
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
-    /// Kept as the client's JSON text: samples are decoded straight into typed buffers.
+    /// One sample (a number or a nested list) for a prediction, a list of samples for a
+    /// batch; a base64 picture for an image model.
+    // Kept as the client's JSON text: samples are decoded straight into typed buffers.
+    #[schema(value_type = serde_json::Value, example = json!([1.0]))]
     pub inputs: Box<RawValue>,
     #[serde(default)]
     pub priority: i32,
@@ -47,9 +50,11 @@ pub struct PredictRequest {
     pub model: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SimpleExampleRequest {
+    /// A number or a list; 42 when absent.
     #[serde(default = "default_simple_input")]
+    #[schema(value_type = serde_json::Value, example = json!(42))]
     pub input: Value,
 }
 
@@ -398,6 +403,25 @@ fn metadata(model: &ModelHandle, batch: Option<usize>) -> Metadata {
 // ---------------------------------------------------------------------------------------
 
 /// `POST /predict`: one sample.
+#[utoipa::path(
+    post,
+    path = "/predict",
+    tag = "inference",
+    request_body(content = PredictRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The prediction", body = PredictResponse),
+        (status = 400, description = "The body is not JSON, or cannot be read", body = crate::openapi::Detail),
+        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
+        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
+        (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
+        (status = 415, description = "The content type is not JSON (or, for a picture, not PNG or JPEG)", body = crate::openapi::Detail),
+        (status = 422, description = "JSON that does not fit the endpoint or the model", body = crate::openapi::Detail),
+        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::Detail, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "The backend failed", body = crate::openapi::Detail),
+        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::Detail),
+        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::Detail),
+    )
+)]
 pub async fn predict(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -433,9 +457,33 @@ fn predict_response(
 
 /// `POST /models/{name}/predict`: one sample for the named model, as a JSON body like
 /// `/predict`'s or, for an image model, the raw bytes of a PNG or JPEG picture.
+#[utoipa::path(
+    post,
+    path = "/models/{name}/predict",
+    tag = "inference",
+    params(("name" = String, Path, description = "The model's name", example = "example_model")),
+    request_body(content(
+        (PredictRequest = "application/json"),
+        (crate::openapi::Picture = "image/png"),
+        (crate::openapi::Picture = "image/jpeg"),
+    )),
+    responses(
+        (status = 200, description = "The prediction", body = PredictResponse),
+        (status = 400, description = "The body is not JSON or cannot be read, or a path segment is not UTF-8", body = crate::openapi::Detail),
+        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
+        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
+        (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
+        (status = 415, description = "The content type is not JSON (or, for a picture, not PNG or JPEG)", body = crate::openapi::Detail),
+        (status = 422, description = "JSON that does not fit the endpoint or the model", body = crate::openapi::Detail),
+        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::Detail, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "The backend failed", body = crate::openapi::Detail),
+        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::Detail),
+        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::Detail),
+    )
+)]
 pub async fn model_predict(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     headers: HeaderMap,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
@@ -485,6 +533,25 @@ pub async fn model_predict(
 }
 
 /// `POST /predict/batch`: many samples; a bad one fails only itself.
+#[utoipa::path(
+    post,
+    path = "/predict/batch",
+    tag = "inference",
+    request_body(content = PredictRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One prediction per sample (null for a failed one)", body = BatchPredictResponse),
+        (status = 400, description = "The body is not JSON, or cannot be read", body = crate::openapi::Detail),
+        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
+        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
+        (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
+        (status = 415, description = "The content type is not JSON (or, for a picture, not PNG or JPEG)", body = crate::openapi::Detail),
+        (status = 422, description = "JSON that does not fit the endpoint or the model", body = crate::openapi::Detail),
+        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::Detail, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "The backend failed", body = crate::openapi::Detail),
+        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::Detail),
+        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::Detail),
+    )
+)]
 pub async fn predict_batch(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -495,9 +562,29 @@ pub async fn predict_batch(
 }
 
 /// `POST /models/{name}/predict/batch`: `/predict/batch` for the named model.
+#[utoipa::path(
+    post,
+    path = "/models/{name}/predict/batch",
+    tag = "inference",
+    params(("name" = String, Path, description = "The model's name", example = "example_model")),
+    request_body(content = PredictRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One prediction per sample (null for a failed one)", body = BatchPredictResponse),
+        (status = 400, description = "The body is not JSON or cannot be read, or a path segment is not UTF-8", body = crate::openapi::Detail),
+        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
+        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
+        (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
+        (status = 415, description = "The content type is not JSON (or, for a picture, not PNG or JPEG)", body = crate::openapi::Detail),
+        (status = 422, description = "JSON that does not fit the endpoint or the model", body = crate::openapi::Detail),
+        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::Detail, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "The backend failed", body = crate::openapi::Detail),
+        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::Detail),
+        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::Detail),
+    )
+)]
 pub async fn model_predict_batch(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<PredictRequest>,
 ) -> Result<Response, ApiError> {
@@ -562,6 +649,22 @@ async fn batch_response(
 
 /// `POST /examples/batch`: the fixed inputs 1..5 through the default model as one batch.
 /// The body is ignored.
+#[utoipa::path(
+    post,
+    path = "/examples/batch",
+    tag = "inference",
+    responses(
+        (status = 200, description = "The fixed inputs 1..5 as one batch", body = ExampleBatchResponse),
+        (status = 400, description = "The body is not JSON, or cannot be read", body = crate::openapi::Detail),
+        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
+        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
+        (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
+        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::Detail, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "The backend failed", body = crate::openapi::Detail),
+        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::Detail),
+        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::Detail),
+    )
+)]
 pub async fn example_batch(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let model = match state.default_model() {
         Ok(model) => model,
@@ -612,6 +715,25 @@ pub async fn example_batch(State(state): State<AppState>, headers: HeaderMap) ->
 }
 
 /// `POST /examples/simple`: one prediction for `input` (42 when absent).
+#[utoipa::path(
+    post,
+    path = "/examples/simple",
+    tag = "inference",
+    request_body(content = Option<SimpleExampleRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One prediction", body = ExampleSimpleResponse),
+        (status = 400, description = "The body is not JSON, or cannot be read", body = crate::openapi::Detail),
+        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
+        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
+        (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
+        (status = 415, description = "The content type is not JSON (or, for a picture, not PNG or JPEG)", body = crate::openapi::Detail),
+        (status = 422, description = "JSON that does not fit the endpoint or the model", body = crate::openapi::Detail),
+        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::Detail, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "The backend failed", body = crate::openapi::Detail),
+        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::Detail),
+        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::Detail),
+    )
+)]
 pub async fn example_simple(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -688,6 +810,15 @@ fn model_states(state: &AppState) -> Value {
 /// (no forward pass on the request's path; `test_inference_ms` is the cached probe's). 503
 /// while the server drains, until the default model is ready, when none of its instances is
 /// live, or when its latest probe failed.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "server",
+    responses(
+        (status = 200, description = "Healthy", body = crate::openapi::Health),
+        (status = 503, description = "Not healthy: draining, the default model not ready, no live instance or a failed probe", body = crate::openapi::Health),
+    )
+)]
 pub async fn health(State(state): State<AppState>) -> Response {
     let models = model_states(&state);
     let draining = state.is_draining();
@@ -755,6 +886,16 @@ pub async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /stats`: the engine statistics plus latency percentiles and batching detail.
+#[utoipa::path(
+    get,
+    path = "/stats",
+    tag = "server",
+    responses(
+        (status = 200, description = "The default model's statistics", body = crate::openapi::Stats),
+        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
+        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::Detail),
+    )
+)]
 pub async fn stats(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let model = state.default_model()?;
     let stats = model.scheduler.stats();
@@ -829,6 +970,14 @@ fn model_document(state: &AppState, entry: &crate::state::ModelEntry) -> Value {
 }
 
 /// `GET /models`: every model of the repository, served or not, with its state.
+#[utoipa::path(
+    get,
+    path = "/models",
+    tag = "models",
+    responses(
+        (status = 200, description = "Every model of the repository", body = crate::openapi::ModelList),
+    )
+)]
 pub async fn models(State(state): State<AppState>) -> Json<Value> {
     let models: Vec<Value> = state
         .entries()
@@ -843,9 +992,21 @@ pub async fn models(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `GET /models/{name}`: one model's document.
+#[utoipa::path(
+    get,
+    path = "/models/{name}",
+    tag = "models",
+    params(("name" = String, Path, description = "The model's name", example = "example_model")),
+    responses(
+        (status = 200, description = "The model", body = crate::openapi::ModelDocument),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::Detail),
+        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
+        (status = 422, description = "JSON that does not fit the endpoint or the model", body = crate::openapi::Detail),
+    )
+)]
 pub async fn model(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Json<Value>, ApiError> {
     crate::repository::check_name(&name).map_err(ApiError::Unprocessable)?;
     let entry = state
@@ -858,9 +1019,22 @@ pub async fn model(
 
 /// `POST /models/{name}/load`: loads the model from the repository, or reloads it from disk
 /// (the old version serves until the new one is ready).
+#[utoipa::path(
+    post,
+    path = "/models/{name}/load",
+    tag = "models",
+    params(("name" = String, Path, description = "The model's name", example = "example_model")),
+    responses(
+        (status = 200, description = "The model, loaded", body = crate::openapi::ModelDocument),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::Detail),
+        (status = 404, description = "No such model in the repository", body = crate::openapi::Detail),
+        (status = 422, description = "Not a model name, or the model cannot be loaded", body = crate::openapi::Detail),
+        (status = 503, description = "The model was unloaded while it loaded", body = crate::openapi::Detail),
+    )
+)]
 pub async fn load_model(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Json<Value>, ApiError> {
     state.load(&name).await?;
     let entry = state
@@ -872,15 +1046,35 @@ pub async fn load_model(
 }
 
 /// `DELETE /models/{name}`: stops serving the model once what it accepted is answered.
+#[utoipa::path(
+    delete,
+    path = "/models/{name}",
+    tag = "models",
+    params(("name" = String, Path, description = "The model's name")),
+    responses(
+        (status = 200, description = "The model is no longer served", body = crate::openapi::Unloaded),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::Detail),
+        (status = 404, description = "No such model is loaded", body = crate::openapi::Detail),
+        (status = 422, description = "Not a model name", body = crate::openapi::Detail),
+    )
+)]
 pub async fn unload_model(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    PathParams(name): PathParams<String>,
 ) -> Result<Json<Value>, ApiError> {
     state.unload(&name).await?;
     Ok(Json(json!({ "name": name, "unloaded": true })))
 }
 
 /// `GET /config`: the effective configuration, secrets redacted.
+#[utoipa::path(
+    get,
+    path = "/config",
+    tag = "server",
+    responses(
+        (status = 200, description = "The effective configuration, secrets redacted", body = Object),
+    )
+)]
 pub async fn config(State(state): State<AppState>) -> Json<Value> {
     let mut value = serde_json::to_value(state.config()).unwrap_or(Value::Null);
     redact(&mut value);
@@ -907,6 +1101,14 @@ fn redact(value: &mut Value) {
 }
 
 /// `GET /`: what this server is and where its endpoints are.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "server",
+    responses(
+        (status = 200, description = "What this server is and where its endpoints are", body = crate::openapi::Root),
+    )
+)]
 pub async fn root(State(state): State<AppState>) -> Json<Value> {
     let model = state.default_model().ok();
     let info = model.as_ref().map(|m| m.info());
@@ -924,6 +1126,12 @@ pub async fn root(State(state): State<AppState>) -> Json<Value> {
         "endpoints": {
             "root": "GET /",
             "health": "GET /health",
+            "liveness": "GET /health/live",
+            "readiness": "GET /health/ready",
+            "metrics": "GET /metrics",
+            "openapi": "GET /openapi.json",
+            "docs": "GET /docs",
+            "ui": "GET /ui",
             "models": "GET /models",
             "model": "GET /models/{name}",
             "model_predict": "POST /models/{name}/predict",

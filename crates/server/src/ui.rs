@@ -23,16 +23,34 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 /// `GET /ui`: the page.
+#[utoipa::path(
+    get,
+    path = "/ui",
+    tag = "ui",
+    responses((status = 200, description = "The page", body = String, content_type = "text/html"))
+)]
 pub async fn page() -> Response {
     asset(PAGE, "text/html; charset=utf-8")
 }
 
 /// `GET /ui/app.js`: the page's script.
+#[utoipa::path(
+    get,
+    path = "/ui/app.js",
+    tag = "ui",
+    responses((status = 200, description = "The page's script", body = String, content_type = "text/javascript"))
+)]
 pub async fn app_script() -> Response {
     asset(APP, "text/javascript; charset=utf-8")
 }
 
 /// `GET /ui/batch_client.js`: the seed page's tester.
+#[utoipa::path(
+    get,
+    path = "/ui/batch_client.js",
+    tag = "ui",
+    responses((status = 200, description = "The seed page's browser tester, unchanged", body = String, content_type = "text/javascript"))
+)]
 pub async fn seed_tester() -> Response {
     asset(SEED_TESTER, "text/javascript; charset=utf-8")
 }

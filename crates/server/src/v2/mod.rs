@@ -22,41 +22,32 @@ pub use error::V2Error;
 pub use rest::{encode_response, parse_binary_request};
 
 use crate::state::AppState;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
 use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Health and metadata: outside admission control, so they answer under load.
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v2", get(rest::server_metadata))
-        .route("/v2/health/live", get(rest::server_live))
-        .route("/v2/health/ready", get(rest::server_ready))
-        .route("/v2/models/{name}", get(rest::model_metadata))
-        .route("/v2/models/{name}/ready", get(rest::model_ready))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(rest::model_version_metadata),
-        )
-        .route(
-            "/v2/models/{name}/versions/{version}/ready",
-            get(rest::model_version_ready),
-        )
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(rest::server_metadata))
+        .routes(routes!(rest::server_live))
+        .routes(routes!(rest::server_ready))
+        .routes(routes!(rest::model_metadata))
+        .routes(routes!(rest::model_ready))
+        .routes(routes!(rest::model_version_metadata))
+        .routes(routes!(rest::model_version_ready))
 }
 
 /// The inference routes, to sit behind the admission middleware with the seed ones.
-pub fn inference_routes() -> Router<AppState> {
-    Router::new()
-        .route("/v2/models/{name}/infer", post(rest::infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(rest::infer_version),
-        )
+pub fn inference_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(rest::infer))
+        .routes(routes!(rest::infer_version))
 }
 
 /// Error bodies are read at most this far; every error this server writes is far shorter.

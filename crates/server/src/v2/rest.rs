@@ -659,22 +659,55 @@ impl IntoResponse for V2Error {
 }
 
 /// `GET /v2/health/live`: 200 while the process serves HTTP, with an empty body.
+#[utoipa::path(
+    get,
+    path = "/v2/health/live",
+    tag = "v2",
+    responses((status = 200, description = "The process serves HTTP")),
+)]
 pub async fn server_live() -> StatusCode {
     StatusCode::OK
 }
 
 /// `GET /v2/health/ready`: 200 once every model is ready, 503 (with the reason) before,
 /// while one has failed, and while draining.
+#[utoipa::path(
+    get,
+    path = "/v2/health/ready",
+    tag = "v2",
+    responses(
+        (status = 200, description = "Every model is ready"),
+        (status = 503, description = "A model is not ready, or the server is shutting down", body = crate::openapi::V2ErrorBody),
+    )
+)]
 pub async fn server_ready(State(state): State<AppState>) -> Result<StatusCode, V2Error> {
     service::server_ready(&state).map(|()| StatusCode::OK)
 }
 
 /// `GET /v2`.
+#[utoipa::path(
+    get,
+    path = "/v2",
+    tag = "v2",
+    responses((status = 200, description = "The server's metadata", body = service::ServerMetadata)),
+)]
 pub async fn server_metadata() -> Json<service::ServerMetadata> {
     Json(service::server_metadata())
 }
 
 /// `GET /v2/models/{name}`.
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}",
+    tag = "v2",
+    params(("name" = String, Path, description = "The model's name", example = "example_model")),
+    responses(
+        (status = 200, description = "The model's metadata", body = service::ModelMetadata),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::V2ErrorBody),
+        (status = 404, description = "Unknown model or version", body = crate::openapi::V2ErrorBody),
+        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::V2ErrorBody),
+    )
+)]
 pub async fn model_metadata(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -684,6 +717,18 @@ pub async fn model_metadata(
 }
 
 /// `GET /v2/models/{name}/versions/{version}`.
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/versions/{version}",
+    tag = "v2",
+    params(("name" = String, Path, description = "The model's name", example = "example_model"), ("version" = String, Path, description = "The model's version", example = "1")),
+    responses(
+        (status = 200, description = "The model's metadata", body = service::ModelMetadata),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::V2ErrorBody),
+        (status = 404, description = "Unknown model or version", body = crate::openapi::V2ErrorBody),
+        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::V2ErrorBody),
+    )
+)]
 pub async fn model_version_metadata(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
@@ -693,6 +738,18 @@ pub async fn model_version_metadata(
 }
 
 /// `GET /v2/models/{name}/ready`: 200, or 404 for an unknown model, 503 when not ready.
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/ready",
+    tag = "v2",
+    params(("name" = String, Path, description = "The model's name", example = "example_model")),
+    responses(
+        (status = 200, description = "Ready for inference"),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::V2ErrorBody),
+        (status = 404, description = "Unknown model or version", body = crate::openapi::V2ErrorBody),
+        (status = 503, description = "Loading, failed or draining", body = crate::openapi::V2ErrorBody),
+    )
+)]
 pub async fn model_ready(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -701,6 +758,18 @@ pub async fn model_ready(
 }
 
 /// `GET /v2/models/{name}/versions/{version}/ready`.
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/versions/{version}/ready",
+    tag = "v2",
+    params(("name" = String, Path, description = "The model's name", example = "example_model"), ("version" = String, Path, description = "The model's version", example = "1")),
+    responses(
+        (status = 200, description = "Ready for inference"),
+        (status = 400, description = "A path segment that is not UTF-8", body = crate::openapi::V2ErrorBody),
+        (status = 404, description = "Unknown model or version", body = crate::openapi::V2ErrorBody),
+        (status = 503, description = "Loading, failed or draining", body = crate::openapi::V2ErrorBody),
+    )
+)]
 pub async fn model_version_ready(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,
@@ -709,6 +778,33 @@ pub async fn model_version_ready(
 }
 
 /// `POST /v2/models/{name}/infer`.
+#[utoipa::path(
+    post,
+    path = "/v2/models/{name}/infer",
+    tag = "v2",
+    params(
+        ("name" = String, Path, description = "The model's name", example = "example_model"),
+        ("Inference-Header-Content-Length" = Option<u64>, Header, description = "With the binary tensor data extension: the length of the JSON header"),
+    ),
+    request_body(content(
+        (crate::openapi::V2InferRequest = "application/json"),
+        (crate::openapi::V2InferRequest = "application/octet-stream"),
+    )),
+    responses(
+        (status = 200, description = "The outputs; `application/octet-stream` (a JSON header of Inference-Header-Content-Length bytes, then the binary outputs) when binary outputs were requested", content(
+            (crate::openapi::V2InferResponse = "application/json"),
+            (crate::openapi::V2InferResponse = "application/octet-stream"),
+        )),
+        (status = 400, description = "The request is malformed or does not fit the model", body = crate::openapi::V2ErrorBody),
+        (status = 404, description = "Unknown model or version", body = crate::openapi::V2ErrorBody),
+        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::V2ErrorBody),
+        (status = 413, description = "Body larger than server.max_body_bytes", body = crate::openapi::V2ErrorBody),
+        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::V2ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "The backend failed, or its outputs cannot be answered", body = crate::openapi::V2ErrorBody),
+        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::V2ErrorBody),
+        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::V2ErrorBody),
+    )
+)]
 pub async fn infer(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -719,6 +815,33 @@ pub async fn infer(
 }
 
 /// `POST /v2/models/{name}/versions/{version}/infer`.
+#[utoipa::path(
+    post,
+    path = "/v2/models/{name}/versions/{version}/infer",
+    tag = "v2",
+    params(
+        ("name" = String, Path, description = "The model's name", example = "example_model"), ("version" = String, Path, description = "The model's version", example = "1"),
+        ("Inference-Header-Content-Length" = Option<u64>, Header, description = "With the binary tensor data extension: the length of the JSON header"),
+    ),
+    request_body(content(
+        (crate::openapi::V2InferRequest = "application/json"),
+        (crate::openapi::V2InferRequest = "application/octet-stream"),
+    )),
+    responses(
+        (status = 200, description = "The outputs; `application/octet-stream` (a JSON header of Inference-Header-Content-Length bytes, then the binary outputs) when binary outputs were requested", content(
+            (crate::openapi::V2InferResponse = "application/json"),
+            (crate::openapi::V2InferResponse = "application/octet-stream"),
+        )),
+        (status = 400, description = "The request is malformed or does not fit the model", body = crate::openapi::V2ErrorBody),
+        (status = 404, description = "Unknown model or version", body = crate::openapi::V2ErrorBody),
+        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::V2ErrorBody),
+        (status = 413, description = "Body larger than server.max_body_bytes", body = crate::openapi::V2ErrorBody),
+        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::V2ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "The backend failed, or its outputs cannot be answered", body = crate::openapi::V2ErrorBody),
+        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::V2ErrorBody),
+        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::V2ErrorBody),
+    )
+)]
 pub async fn infer_version(
     State(state): State<AppState>,
     Path((name, version)): Path<(String, String)>,

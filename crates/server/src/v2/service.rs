@@ -19,10 +19,13 @@ pub const SERVER_NAME: &str = "inference-server";
 pub const EXTENSIONS: &[&str] = &["binary_tensor_data"];
 
 /// `GET /v2`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ServerMetadata {
+    #[schema(value_type = String)]
     pub name: &'static str,
+    #[schema(value_type = String)]
     pub version: &'static str,
+    #[schema(value_type = Vec<String>)]
     pub extensions: &'static [&'static str],
 }
 
@@ -35,16 +38,17 @@ pub fn server_metadata() -> ServerMetadata {
 }
 
 /// One input or output of a model's metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TensorMetadata {
     pub name: String,
+    #[schema(value_type = String)]
     pub datatype: &'static str,
     /// `-1` first: any number of rows; then the per-row shape (`-1`: any size).
     pub shape: Vec<i64>,
 }
 
 /// `GET /v2/models/{name}[/versions/{version}]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ModelMetadata {
     pub name: String,
     pub versions: Vec<String>,
