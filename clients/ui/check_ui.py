@@ -1,9 +1,9 @@
 """Drives the server's browser page (GET /ui) in headless Chromium through chromedriver
 (selenium), as a person would: the page loads without console errors, each of the seed
 tester's four buttons shows its success mark, a prediction and a validation error (its
-detail shown), batch vs individual, the live charts, a picture to ResNet-18 (when the
-repository has it) giving five labelled bars, and the page at 360 px wide. Screenshots go
-to OUT_DIR and must not be blank.
+detail shown), a prediction with the keyboard alone, batch vs individual, the live charts,
+a picture to ResNet-18 (when the repository has it) giving five labelled bars, and the page
+at 360 px wide. Screenshots go to OUT_DIR and must not be blank.
 
 Usage: check_ui.py BASE_URL OUT_DIR CHROMIUM CHROMEDRIVER [PICTURE]
 """
@@ -17,7 +17,9 @@ from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 # As slow as a busy CI machine may be: the benchmark button runs ten batches.
@@ -80,6 +82,15 @@ def screenshot(driver, name):
     print(f"screenshot {path}: {distinct} colours", flush=True)
 
 
+def tab_to(driver, selector, limit=80):
+    """Presses Tab until the focused element matches `selector`; whether it ever did."""
+    for _ in range(limit):
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        if driver.execute_script("return document.activeElement.matches(arguments[0])", selector):
+            return True
+    return False
+
+
 def click(driver, label):
     button = driver.find_element(By.XPATH, f"//button[contains(normalize-space(.), '{label}')]")
     button.click()
@@ -137,6 +148,17 @@ try:
     click(driver, "Predict")
     wait_for_text(driver, "#try-error", ["422", "too many values"], "validation error")
     screenshot(driver, "validation-error")
+
+    # The same with the keyboard only: Tab from the header to the field, type, Tab, Enter.
+    driver.find_element(By.ID, "api-key").click()
+    if check(tab_to(driver, "#inputs textarea"), "keyboard: Tab never reaches the input"):
+        field = driver.switch_to.active_element
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys("[3.0]")
+        if check(tab_to(driver, "#try-form button[type=submit]", limit=5),
+                 "keyboard: Tab does not go from the input to Predict"):
+            ActionChains(driver).send_keys(Keys.ENTER).perform()
+            wait_for_text(driver, "#try-result", ["ms", "prediction"], "Predict by keyboard")
 
     click(driver, "Compare")
     wait_for_text(driver, "#compare-result", ["batching is"], "batch vs individual")
