@@ -140,6 +140,115 @@ pub enum DetailText {
     Many(Vec<String>),
 }
 
+/// The refusals of every seed inference route, after its own 200: `{"detail"}` bodies.
+#[derive(Debug)]
+pub struct SeedInferenceRefusals;
+
+impl utoipa::IntoResponses for SeedInferenceRefusals {
+    fn responses() -> BTreeMap<String, openapi::RefOr<openapi::Response>> {
+        refusals(
+            "Detail",
+            &[
+                (
+                    "400",
+                    "The body is not JSON or cannot be read, or a path segment is not UTF-8",
+                ),
+                ("404", "Unknown model"),
+                (
+                    "408",
+                    "The body did not arrive within server.body_read_timeout_secs",
+                ),
+                (
+                    "413",
+                    "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs",
+                ),
+                (
+                    "415",
+                    "The content type is not JSON (or, for a picture, not PNG or JPEG)",
+                ),
+                ("422", "JSON that does not fit the endpoint or the model"),
+                ("429", OVERLOADED),
+                ("500", "The backend failed"),
+                (
+                    "503",
+                    "The model is not ready, or the server is shutting down",
+                ),
+                ("504", "The request's timeout passed before it was served"),
+            ],
+        )
+    }
+}
+
+/// The refusals of the v2 infer routes, after their 200: `{"error"}` bodies.
+#[derive(Debug)]
+pub struct V2InferRefusals;
+
+impl utoipa::IntoResponses for V2InferRefusals {
+    fn responses() -> BTreeMap<String, openapi::RefOr<openapi::Response>> {
+        refusals(
+            "V2ErrorBody",
+            &[
+                (
+                    "400",
+                    "The request is malformed or does not fit the model, or a path segment is not UTF-8",
+                ),
+                ("404", "Unknown model or version"),
+                (
+                    "408",
+                    "The body did not arrive within server.body_read_timeout_secs",
+                ),
+                ("413", "Body larger than server.max_body_bytes"),
+                ("429", OVERLOADED),
+                (
+                    "500",
+                    "The backend failed, or its outputs cannot be answered",
+                ),
+                (
+                    "503",
+                    "The model is not ready, or the server is shutting down",
+                ),
+                ("504", "The request's timeout passed before it was served"),
+            ],
+        )
+    }
+}
+
+const OVERLOADED: &str = "The server or the model's queue is full; retry after Retry-After";
+
+/// One JSON response of the schema named `body` per `(status, description)`; a 429 carries
+/// `Retry-After`.
+fn refusals(
+    body: &str,
+    statuses: &[(&str, &str)],
+) -> BTreeMap<String, openapi::RefOr<openapi::Response>> {
+    statuses
+        .iter()
+        .map(|(status, description)| {
+            let mut response = openapi::ResponseBuilder::new()
+                .description(*description)
+                .content(
+                    "application/json",
+                    openapi::ContentBuilder::new()
+                        .schema(Some(openapi::Ref::from_schema_name(body)))
+                        .build(),
+                );
+            if *status == "429" {
+                let seconds = openapi::ObjectBuilder::new()
+                    .schema_type(openapi::schema::Type::Integer)
+                    .minimum(Some(0));
+                response = response.header(
+                    "Retry-After",
+                    openapi::HeaderBuilder::new()
+                        .schema(seconds)
+                        .description(Some("Seconds to wait before retrying"))
+                        .build(),
+                );
+            }
+            ((*status).to_owned(), response.build().into())
+        })
+        .collect()
+}
+
 /// The answer of a probe that passed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProbeStatus {

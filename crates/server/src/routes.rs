@@ -410,16 +410,7 @@ fn metadata(model: &ModelHandle, batch: Option<usize>) -> Metadata {
     request_body(content = PredictRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The prediction", body = PredictResponse),
-        (status = 400, description = "The body is not JSON, or cannot be read", body = crate::openapi::Detail),
-        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
-        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
-        (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
-        (status = 415, description = "The content type is not JSON (or, for a picture, not PNG or JPEG)", body = crate::openapi::Detail),
-        (status = 422, description = "JSON that does not fit the endpoint or the model", body = crate::openapi::Detail),
-        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::Detail, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "The backend failed", body = crate::openapi::Detail),
-        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::Detail),
-        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::Detail),
+        crate::openapi::SeedInferenceRefusals,
     )
 )]
 pub async fn predict(
@@ -469,16 +460,7 @@ fn predict_response(
     )),
     responses(
         (status = 200, description = "The prediction", body = PredictResponse),
-        (status = 400, description = "The body is not JSON or cannot be read, or a path segment is not UTF-8", body = crate::openapi::Detail),
-        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
-        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
-        (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
-        (status = 415, description = "The content type is not JSON (or, for a picture, not PNG or JPEG)", body = crate::openapi::Detail),
-        (status = 422, description = "JSON that does not fit the endpoint or the model", body = crate::openapi::Detail),
-        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::Detail, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "The backend failed", body = crate::openapi::Detail),
-        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::Detail),
-        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::Detail),
+        crate::openapi::SeedInferenceRefusals,
     )
 )]
 pub async fn model_predict(
@@ -540,16 +522,7 @@ pub async fn model_predict(
     request_body(content = PredictRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "One prediction per sample (null for a failed one)", body = BatchPredictResponse),
-        (status = 400, description = "The body is not JSON, or cannot be read", body = crate::openapi::Detail),
-        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
-        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
-        (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
-        (status = 415, description = "The content type is not JSON (or, for a picture, not PNG or JPEG)", body = crate::openapi::Detail),
-        (status = 422, description = "JSON that does not fit the endpoint or the model", body = crate::openapi::Detail),
-        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::Detail, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "The backend failed", body = crate::openapi::Detail),
-        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::Detail),
-        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::Detail),
+        crate::openapi::SeedInferenceRefusals,
     )
 )]
 pub async fn predict_batch(
@@ -570,16 +543,7 @@ pub async fn predict_batch(
     request_body(content = PredictRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "One prediction per sample (null for a failed one)", body = BatchPredictResponse),
-        (status = 400, description = "The body is not JSON or cannot be read, or a path segment is not UTF-8", body = crate::openapi::Detail),
-        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
-        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
-        (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
-        (status = 415, description = "The content type is not JSON (or, for a picture, not PNG or JPEG)", body = crate::openapi::Detail),
-        (status = 422, description = "JSON that does not fit the endpoint or the model", body = crate::openapi::Detail),
-        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::Detail, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "The backend failed", body = crate::openapi::Detail),
-        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::Detail),
-        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::Detail),
+        crate::openapi::SeedInferenceRefusals,
     )
 )]
 pub async fn model_predict_batch(
@@ -655,14 +619,7 @@ async fn batch_response(
     tag = "inference",
     responses(
         (status = 200, description = "The fixed inputs 1..5 as one batch", body = ExampleBatchResponse),
-        (status = 400, description = "The body is not JSON, or cannot be read", body = crate::openapi::Detail),
-        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
-        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
-        (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
-        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::Detail, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "The backend failed", body = crate::openapi::Detail),
-        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::Detail),
-        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::Detail),
+        crate::openapi::SeedInferenceRefusals,
     )
 )]
 pub async fn example_batch(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -722,16 +679,7 @@ pub async fn example_batch(State(state): State<AppState>, headers: HeaderMap) ->
     request_body(content = Option<SimpleExampleRequest>, content_type = "application/json"),
     responses(
         (status = 200, description = "One prediction", body = ExampleSimpleResponse),
-        (status = 400, description = "The body is not JSON, or cannot be read", body = crate::openapi::Detail),
-        (status = 404, description = "Unknown model", body = crate::openapi::Detail),
-        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::Detail),
-        (status = 413, description = "Body larger than server.max_body_bytes, or more samples than server.max_batch_inputs", body = crate::openapi::Detail),
-        (status = 415, description = "The content type is not JSON (or, for a picture, not PNG or JPEG)", body = crate::openapi::Detail),
-        (status = 422, description = "JSON that does not fit the endpoint or the model", body = crate::openapi::Detail),
-        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::Detail, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "The backend failed", body = crate::openapi::Detail),
-        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::Detail),
-        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::Detail),
+        crate::openapi::SeedInferenceRefusals,
     )
 )]
 pub async fn example_simple(

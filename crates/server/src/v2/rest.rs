@@ -795,14 +795,7 @@ pub async fn model_version_ready(
             (crate::openapi::V2InferResponse = "application/json"),
             (crate::openapi::V2InferResponse = "application/octet-stream"),
         )),
-        (status = 400, description = "The request is malformed or does not fit the model", body = crate::openapi::V2ErrorBody),
-        (status = 404, description = "Unknown model or version", body = crate::openapi::V2ErrorBody),
-        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::V2ErrorBody),
-        (status = 413, description = "Body larger than server.max_body_bytes", body = crate::openapi::V2ErrorBody),
-        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::V2ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "The backend failed, or its outputs cannot be answered", body = crate::openapi::V2ErrorBody),
-        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::V2ErrorBody),
-        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::V2ErrorBody),
+        crate::openapi::V2InferRefusals,
     )
 )]
 pub async fn infer(
@@ -832,14 +825,7 @@ pub async fn infer(
             (crate::openapi::V2InferResponse = "application/json"),
             (crate::openapi::V2InferResponse = "application/octet-stream"),
         )),
-        (status = 400, description = "The request is malformed or does not fit the model", body = crate::openapi::V2ErrorBody),
-        (status = 404, description = "Unknown model or version", body = crate::openapi::V2ErrorBody),
-        (status = 408, description = "The body did not arrive within server.body_read_timeout_secs", body = crate::openapi::V2ErrorBody),
-        (status = 413, description = "Body larger than server.max_body_bytes", body = crate::openapi::V2ErrorBody),
-        (status = 429, description = "The server or the model's queue is full; retry after Retry-After", body = crate::openapi::V2ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 500, description = "The backend failed, or its outputs cannot be answered", body = crate::openapi::V2ErrorBody),
-        (status = 503, description = "The model is not ready, or the server is shutting down", body = crate::openapi::V2ErrorBody),
-        (status = 504, description = "The request's timeout passed before it was served", body = crate::openapi::V2ErrorBody),
+        crate::openapi::V2InferRefusals,
     )
 )]
 pub async fn infer_version(
