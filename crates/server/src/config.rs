@@ -290,6 +290,14 @@ impl Config {
             Some(path) => figment = figment.merge(Toml::file_exact(path)),
             None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
         }
+        // Knative (and so KServe) tells a container its port in `PORT`; the server's own
+        // variables and flags still win.
+        if let Ok(port) = std::env::var("PORT") {
+            let port: u16 = port.trim().parse().map_err(|_| {
+                ConfigError::invalid("PORT", quoted(&port), "a port number, 0 to 65535")
+            })?;
+            figment = figment.merge(Serialized::default("server.port", port));
+        }
         let config: Config = figment
             .merge(env)
             .merge(Serialized::defaults(CliOverrides::from(cli)))
@@ -643,6 +651,20 @@ mod tests {
                 load(&Cli::default()).unwrap().server.api_keys,
                 ["gamma", "delta"]
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn knatives_port_variable_sets_the_port_below_the_servers_own_variables() {
+        Jail::expect_with(|jail| {
+            jail.set_env("PORT", "8080");
+            assert_eq!(load(&Cli::default()).unwrap().server.port, 8080);
+            jail.set_env("INFERENCE_SERVER__PORT", "9000");
+            assert_eq!(load(&Cli::default()).unwrap().server.port, 9000);
+            jail.set_env("PORT", "eighty");
+            let error = load(&Cli::default()).unwrap_err().to_string();
+            assert!(error.contains("PORT"), "{error}");
             Ok(())
         });
     }
