@@ -134,11 +134,17 @@ impl ServerProcess {
     /// Starts the binary with `envs` (configuration variables), learns its port from the
     /// "listening on" line and waits until `/health` answers 200.
     pub fn start(envs: &[(&str, &str)]) -> Self {
+        let example = example_dir().display().to_string();
+        let args = ["--port", "0", "--grpc-port", "0", "--model-dir", &example];
+        Self::start_with(&args, envs)
+    }
+
+    /// [`ServerProcess::start`] with these command-line arguments instead.
+    pub fn start_with(args: &[&str], envs: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         use std::time::{Duration, Instant};
         let mut child = std::process::Command::new(SERVER_BINARY)
-            .args(["--port", "0", "--grpc-port", "0", "--model-dir"])
-            .arg(example_dir())
+            .args(args)
             .env("RUST_LOG", "info")
             .env_remove("INFERENCE_SERVER__PORT")
             .envs(envs.iter().copied())
