@@ -279,7 +279,7 @@ pub(crate) fn build_release(
 
 /// The `oha` load generator: on the `PATH`, else in cargo's bin folder, else installed
 /// from crates.io (a few minutes, once).
-fn ensure_oha() -> Result<std::path::PathBuf> {
+pub(crate) fn ensure_oha() -> Result<std::path::PathBuf> {
     let found = |path: &std::path::Path| {
         Command::new(path)
             .arg("--version")

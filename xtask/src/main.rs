@@ -5,6 +5,7 @@
 
 mod bench;
 mod clients;
+mod cluster;
 mod cuda;
 mod export;
 mod fuzz;
@@ -46,6 +47,8 @@ enum Task {
     CheckClients,
     /// Drives the browser page (`/ui`) in headless Chromium; screenshots in `target/ui/`.
     CheckUi,
+    /// Replicas behind HAProxy through a rolling restart and a crash, under load.
+    Cluster(cluster::ClusterArgs),
     /// Proves that every backend's CUDA code compiles, with nvcc from PyPI and no GPU (slow).
     CheckCuda(cuda::CheckCudaArgs),
     /// Runs every backend's conformance suite on a CUDA GPU and prints per-batch timings.
@@ -75,6 +78,7 @@ fn run(task: Task) -> Result<()> {
         Task::Soak(args) => soak::run(&args),
         Task::CheckClients => clients::run(),
         Task::CheckUi => ui_check::run(),
+        Task::Cluster(args) => cluster::run(&args),
         Task::CheckCuda(args) => cuda::run(&args),
         Task::GpuCheck(args) => gpu::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),

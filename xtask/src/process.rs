@@ -144,6 +144,35 @@ pub(crate) fn format_duration(duration: Duration) -> String {
     format!("{:.1}s", duration.as_secs_f64())
 }
 
+/// Installs Debian `packages` (as root, `apt-get`) unless every one of `binaries` exists.
+pub(crate) fn ensure_debian_packages(
+    binaries: &[&str],
+    packages: &[&str],
+    bar: &ProgressBar,
+) -> Result<()> {
+    if binaries.iter().all(|binary| Path::new(binary).is_file()) {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+    anyhow::ensure!(
+        root,
+        "{} missing: install them with `sudo apt-get install {}`, then run this again",
+        binaries.join(" or "),
+        packages.join(" ")
+    );
+    let install = [&["install", "-y", "-qq"][..], packages].concat();
+    for args in [&["update", "-qq"][..], &install] {
+        let mut command = Command::new("apt-get");
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run_streamed(&mut command, bar)
+            .with_context(|| format!("apt-get {} failed", args.join(" ")))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

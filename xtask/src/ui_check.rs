@@ -3,10 +3,10 @@
 //! the whole repository; screenshots go to `target/ui/`.
 
 use crate::clients::{ServerProcess, build_server, imports, run_client};
-use crate::process::{Steps, workspace_root};
+use crate::process::{self, Steps, workspace_root};
 use crate::setup::{self, Pin};
-use anyhow::{Context, Result, bail, ensure};
-use std::path::{Path, PathBuf};
+use anyhow::{Result, ensure};
+use std::path::PathBuf;
 use std::process::Command;
 
 const CHECK: &str = "clients/ui/check_ui.py";
@@ -26,7 +26,13 @@ pub(crate) fn run() -> Result<()> {
     let mut steps = Steps::new(5);
     steps.run(
         "install Debian's chromium and chromium-driver if missing",
-        ensure_chromium,
+        |bar| {
+            process::ensure_debian_packages(
+                &[CHROMIUM, CHROMEDRIVER],
+                &["chromium", "chromium-driver"],
+                bar,
+            )
+        },
     )?;
     steps.run(
         "install `selenium` and `pillow` into the setup venv if missing",
@@ -69,31 +75,4 @@ pub(crate) fn run() -> Result<()> {
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace_root().join("target"), PathBuf::from)
-}
-
-/// Installs Chromium and its driver from Debian's packages (as root) when either is missing.
-fn ensure_chromium(bar: &indicatif::ProgressBar) -> Result<()> {
-    if Path::new(CHROMIUM).is_file() && Path::new(CHROMEDRIVER).is_file() {
-        return Ok(());
-    }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
-    if !root {
-        bail!(
-            "{CHROMIUM} or {CHROMEDRIVER} is missing: install them with \
-             `sudo apt-get install chromium chromium-driver`, then run this again"
-        );
-    }
-    for args in [
-        &["update", "-qq"][..],
-        &["install", "-y", "-qq", "chromium", "chromium-driver"],
-    ] {
-        let mut command = Command::new("apt-get");
-        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        crate::process::run_streamed(&mut command, bar)
-            .with_context(|| format!("apt-get {} failed", args.join(" ")))?;
-    }
-    Ok(())
 }

@@ -22,7 +22,8 @@ async fn text_of(state: &AppState, request: Request<Body>) -> (StatusCode, Strin
     (status, String::from_utf8(bytes.to_vec()).unwrap())
 }
 
-/// The value of the first sample of `name` whose labels include every one of `labels`.
+/// The value of the first sample of `name` whose labels include every one of `labels` (the
+/// order of series is the exporter's, so `labels` must pick one series).
 fn sample(exposition: &str, name: &str, labels: &[&str]) -> Option<f64> {
     exposition
         .lines()
@@ -109,7 +110,8 @@ async fn metrics_count_requests_and_show_the_histograms_after_a_few_requests() {
     assert!(answered >= 3.0, "{answered} in:\n{text}");
     let unprocessable = [r#"route="/predict/batch""#, r#"status="422""#];
     assert!(sample(&text, "http_requests_total", &unprocessable).unwrap_or(0.0) >= 1.0);
-    let route = [r#"route="/predict/batch""#];
+    // The route has a series per status: name the status too.
+    let route = [r#"route="/predict/batch""#, r#"status="200""#];
     assert!(sample(&text, "http_request_duration_seconds_count", &route).unwrap_or(0.0) >= 3.0);
     assert!(
         text.contains("http_request_duration_seconds_bucket{"),

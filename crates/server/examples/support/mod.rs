@@ -167,6 +167,7 @@ pub(crate) fn sibling_example(name: &str) -> Result<PathBuf> {
 }
 
 /// The `oha` load generator, read through its JSON output.
+#[derive(Debug, Clone)]
 pub(crate) struct Oha {
     binary: PathBuf,
 }
