@@ -44,6 +44,21 @@ fn input(shape: Vec<i64>, contents: Option<InferTensorContents>) -> InferInputTe
     }
 }
 
+/// An infer request of one row, `value`, in typed contents.
+fn one_row(value: f32) -> proto::ModelInferRequest {
+    proto::ModelInferRequest {
+        model_name: MODEL.into(),
+        inputs: vec![input(
+            vec![1, 1],
+            Some(InferTensorContents {
+                fp32_contents: vec![value],
+                ..Default::default()
+            }),
+        )],
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn health_and_metadata() {
     let mut client = client().await;
@@ -214,17 +229,7 @@ async fn with_api_keys_metadata_and_inference_need_one_and_health_stays_open() {
         .await
         .unwrap();
     let mut client = client_of(state).await;
-    let infer = || proto::ModelInferRequest {
-        model_name: MODEL.into(),
-        inputs: vec![input(
-            vec![1, 1],
-            Some(InferTensorContents {
-                fp32_contents: vec![2.0],
-                ..Default::default()
-            }),
-        )],
-        ..Default::default()
-    };
+    let infer = || one_row(2.0);
 
     let refused = client.model_infer(infer()).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
@@ -266,18 +271,7 @@ async fn with_api_keys_metadata_and_inference_need_one_and_health_stays_open() {
 #[tokio::test]
 async fn infer_calls_are_counted_by_method_code_and_model() {
     let mut client = client().await;
-    let request = proto::ModelInferRequest {
-        model_name: MODEL.into(),
-        inputs: vec![input(
-            vec![1, 1],
-            Some(InferTensorContents {
-                fp32_contents: vec![3.0],
-                ..Default::default()
-            }),
-        )],
-        ..Default::default()
-    };
-    client.model_infer(request).await.unwrap();
+    client.model_infer(one_row(3.0)).await.unwrap();
     let unknown = proto::ModelInferRequest {
         model_name: "made_up_9d2e".into(),
         ..Default::default()
