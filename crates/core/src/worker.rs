@@ -36,8 +36,13 @@ pub type BackendFactory = Arc<dyn Fn(usize) -> Result<Box<dyn Backend>, EngineEr
 pub const INLINE_BELOW: Duration = Duration::from_micros(100);
 
 /// Most passes running inline at once in the process: one fewer than the cores, at least 1.
+/// Counted once: `available_parallelism` reads cgroup files on every call, which cost 15%
+/// of the server's CPU when it was asked on every request.
 pub fn inline_limit() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+    })
 }
 
 static INLINE_RUNNING: AtomicUsize = AtomicUsize::new(0);
