@@ -46,6 +46,10 @@ struct HttpArgs {
     /// Folder for `http.json` and `http.md` [example default: target/bench].
     #[arg(long, value_name = "DIR")]
     out: Option<std::path::PathBuf>,
+    /// Another build of the server, measured in every cell beside this one (before and
+    /// after a change, in one run).
+    #[arg(long, value_name = "BINARY")]
+    baseline: Option<std::path::PathBuf>,
 }
 
 impl HttpArgs {
@@ -64,6 +68,10 @@ impl HttpArgs {
         if let Some(dir) = &self.out {
             let dir = std::path::absolute(dir)?;
             args.extend(["--out".to_string(), dir.display().to_string()]);
+        }
+        if let Some(binary) = &self.baseline {
+            let binary = std::path::absolute(binary)?;
+            args.extend(["--baseline".to_string(), binary.display().to_string()]);
         }
         Ok(args)
     }

@@ -214,7 +214,8 @@ async fn main() -> Result<()> {
         }
         if let Some(baseline) = &baseline {
             let url = format!("{}{}", baseline.base(), scenario.path);
-            oha.run(&url, 4, 1.0, &body).await?;
+            oha.run_with_headers(&url, 4, 1.0, &body, &scenario.headers)
+                .await?;
         }
         for &concurrency in &args.concurrency {
             let floor_run = if scenario.floor {
@@ -226,7 +227,16 @@ async fn main() -> Result<()> {
             let baseline_run = match &baseline {
                 Some(baseline) => {
                     let url = format!("{}{}", baseline.base(), scenario.path);
-                    Some(oha.run(&url, concurrency, args.secs, &body).await?)
+                    Some(
+                        oha.run_with_headers(
+                            &url,
+                            concurrency,
+                            args.secs,
+                            &body,
+                            &scenario.headers,
+                        )
+                        .await?,
+                    )
                 }
                 None => None,
             };
@@ -356,7 +366,7 @@ fn render(report: &Report, scenarios: &[Scenario]) -> String {
         out,
         "| route | conc. | req/s | × floor | rows/s | p50 ms | floor p50 ms | p99 ms | floor p99 ms | errors |{}",
         if with_baseline {
-            " baseline req/s | × baseline | baseline p50 ms |"
+            " baseline req/s | × baseline | baseline p50 ms | baseline errors |"
         } else {
             ""
         }
@@ -364,7 +374,11 @@ fn render(report: &Report, scenarios: &[Scenario]) -> String {
     let _ = writeln!(
         out,
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}",
-        if with_baseline { "---:|---:|---:|" } else { "" }
+        if with_baseline {
+            "---:|---:|---:|---:|"
+        } else {
+            ""
+        }
     );
     let optional = |value: Option<f64>, digits: usize| {
         value.map_or(String::new(), |v| format!("{v:.digits$}"))
@@ -394,13 +408,14 @@ fn render(report: &Report, scenarios: &[Scenario]) -> String {
             let baseline = row.baseline.as_ref();
             let _ = write!(
                 out,
-                " {} | {} | {} |",
+                " {} | {} | {} | {} |",
                 optional(baseline.map(|b| b.requests_per_s), 0),
                 optional(
                     baseline.map(|b| server.requests_per_s / b.requests_per_s),
                     2
                 ),
                 optional(baseline.map(|b| b.p50_ms), 3),
+                baseline.map_or(String::new(), |b| b.errors.to_string()),
             );
         }
         let _ = writeln!(out);
