@@ -10,6 +10,7 @@ mod cuda;
 mod export;
 mod fuzz;
 mod gpu;
+mod images;
 mod peers;
 mod process;
 mod setup;
@@ -55,6 +56,8 @@ enum Task {
     GpuCheck(gpu::GpuCheckArgs),
     /// Fuzzes the parsers of client bytes (AFL++ on stable), e.g. `fuzz --secs 60` per target.
     Fuzz(fuzz::FuzzArgs),
+    /// Builds the images of deploy/docker/ (buildah) and checks each under podman.
+    Images(images::ImagesArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +85,7 @@ fn run(task: Task) -> Result<()> {
         Task::CheckCuda(args) => cuda::run(&args),
         Task::GpuCheck(args) => gpu::run(&args),
         Task::Fuzz(args) => fuzz::run(&args),
+        Task::Images(args) => images::run(&args),
     }
 }
 

@@ -374,9 +374,14 @@ fn the_images_start_the_binary_with_arguments_it_takes_and_check_liveness() {
             format!("{} {}", defaults.port, defaults.grpc_port),
             "{file}"
         );
+        // The port the server was told through its environment, else the default.
+        let probe = format!(
+            "http://127.0.0.1:${{INFERENCE_SERVER__PORT:-${{PORT:-{}}}}}/health/live",
+            defaults.port
+        );
         assert!(
-            text.contains("http://127.0.0.1:8000/health/live"),
-            "{file}: the healthcheck asks /health/live"
+            text.contains(&probe),
+            "{file}: the healthcheck asks {probe}"
         );
     }
 }
