@@ -211,11 +211,8 @@ impl Engine {
             return true;
         }
         // `timeout`: without a registry in reach podman retries for minutes.
-        let mut pull = Command::new("timeout");
-        pull.arg("120")
-            .args(["podman", "pull", tag])
-            .env("CONTAINERS_STORAGE_CONF", &self.storage_conf)
-            .env("CONTAINERS_CONF", &self.containers_conf);
+        let mut pull = self.command("timeout");
+        pull.args(["120", "podman", "pull", tag]);
         run_streamed(&mut pull, bar).is_ok()
     }
 }
