@@ -5,10 +5,8 @@
 //! route is therefore protected without anyone remembering to protect it.
 
 use crate::error::ApiError;
-use crate::state::AppState;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -51,20 +49,16 @@ pub fn key_matches(presented: &[u8], keys: &[String]) -> bool {
     })
 }
 
-/// Refuses a request to a closed route without a valid key with 401 and a detail.
-pub async fn require_api_key(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let keys = &state.config().server.api_keys;
+/// The 401 (with a detail) for a request to a closed route without a valid key; `None`
+/// when the request may go on.
+pub fn refusal(keys: &[String], request: &Request) -> Option<Response> {
     // A browser's CORS preflight carries no credentials; the CORS layer answers it.
     let preflight = request.method() == Method::OPTIONS;
     if keys.is_empty() || preflight || is_open(request.uri().path()) {
-        return next.run(request).await;
+        return None;
     }
     if bearer_matches(request.headers(), keys) {
-        return next.run(request).await;
+        return None;
     }
     let detail = if request.headers().contains_key(header::AUTHORIZATION) {
         "the API key is not valid"
@@ -75,7 +69,7 @@ pub async fn require_api_key(
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
+    Some(response)
 }
 
 /// The CORS layer for the configured origins; `None` when none is configured (no CORS

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backends;
 pub mod codec;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod image_input;
 pub mod metrics;
@@ -28,7 +29,6 @@ pub mod v2;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -76,27 +76,16 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         // A bug in a handler answers 500 with a detail instead of dropping the connection.
         .layer(CatchPanicLayer::custom(panic_response))
-        // Before any admission or body read: a stranger costs nothing but this check.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_api_key,
-        ))
-        // Outside every handler, the key check and the panic catcher: each error under /v2
-        // is {"error"}.
-        .layer(axum::middleware::from_fn(v2::error_bodies))
-        // Counts every answer, refusals included.
-        .layer(axum::middleware::from_fn(metrics::track_http))
-        .layer(axum::middleware::from_fn(telemetry::log_request));
-    // Outside the key check: a browser's preflight carries no key and is answered here.
+        // Outside every handler and the panic catcher: the request id, the key check (before
+        // any admission or body read, so a stranger costs nothing but this check), the v2
+        // error shape, the metrics and the log line, for every answer, refusals included.
+        .layer(edge::EdgeLayer::new(&state));
+    // Outermost: a browser's preflight carries no key and is answered here.
     let router = match auth::cors_layer(&state.config().server.cors_allowed_origins) {
         Some(cors) => router.layer(cors),
         None => router,
     };
-    router
-        // Outermost: the id exists before logging and handlers, and goes back on the response.
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .with_state(state)
+    router.with_state(state)
 }
 
 /// Admission of an inference request, cheapest refusal first: 503 while draining; the body

@@ -1,20 +1,19 @@
 //! Prometheus metrics: `GET /metrics` in the text format, through the `metrics` facade and
 //! `metrics-exporter-prometheus`. The names are listed in the README.
 //!
-//! Requests are counted where they are answered (`track_http`, and the gRPC service through
+//! Requests are counted where they are answered (`crate::edge`, and the gRPC service through
 //! [`record_grpc`]); the schedulers record batch sizes, queue waits and compute times
 //! themselves (`inference_core::scheduler`); gauges that are a reading of the state (queue
 //! rows, model states, memory) are set when scraped, so they are never stale.
 
 use crate::state::{AppState, ModelState};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::cell::RefCell;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Latency buckets, in seconds: from a fast MLP's 100 µs to a long queue wait's 30 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -114,7 +113,7 @@ fn describe() {
 
 tokio::task_local! {
     /// The model a request was served by, noted when it is resolved (`note_model`).
-    static SERVED_MODEL: RefCell<Option<String>>;
+    pub(crate) static SERVED_MODEL: RefCell<Option<String>>;
 }
 
 /// Records that the request being handled on this task is for `model` (its `model` label);
@@ -126,38 +125,6 @@ pub fn note_model(model: &str) {
             *served = Some(model.to_owned());
         }
     });
-}
-
-/// Counts and times every HTTP request by its route template (never the raw path: one
-/// series per route, whatever clients send), method, status and model.
-pub async fn track_http(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
-    let method = request.method().as_str().to_owned();
-    let in_flight = metrics::gauge!("http_requests_in_flight");
-    in_flight.increment(1.0);
-    let (model, response) = SERVED_MODEL
-        .scope(RefCell::new(None), async move {
-            let response = next.run(request).await;
-            let model = SERVED_MODEL.with(|served| served.borrow_mut().take());
-            (model, response)
-        })
-        .await;
-    in_flight.decrement(1.0);
-    let status = response.status().as_u16().to_string();
-    let elapsed = started.elapsed().as_secs_f64();
-    metrics::histogram!("http_request_duration_seconds",
-        "route" => route.clone(), "method" => method.clone(), "status" => status.clone())
-    .record(elapsed);
-    metrics::counter!("http_requests_total",
-        "route" => route, "method" => method, "status" => status,
-        "model" => model.unwrap_or_default())
-    .increment(1);
-    response
 }
 
 /// Counts and times one gRPC call.

@@ -1,12 +1,8 @@
-//! Logging: a `RUST_LOG`-style filter, text or JSON lines on stderr, one line per request.
+//! Logging: a `RUST_LOG`-style filter, text or JSON lines on stderr (one line per request: `crate::edge`).
 
 use crate::config::LogConfig;
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
 use std::io::IsTerminal;
 use std::sync::Mutex;
-use std::time::Instant;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
@@ -49,31 +45,4 @@ fn lock_writer() -> std::sync::MutexGuard<'static, Option<WorkerGuard>> {
     LOG_WRITER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Logs one line per request: method, route, status, latency and request id.
-pub async fn log_request(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().map_or_else(
-        || request.uri().path().to_string(),
-        |p| p.as_str().to_string(),
-    );
-    let request_id = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let response = next.run(request).await;
-    tracing::info!(
-        target: "inference_server::request",
-        %method,
-        route,
-        status = response.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        request_id,
-        "request"
-    );
-    response
 }

@@ -10,7 +10,8 @@
 //!
 //! A request's rows go through the model's own scheduler, so v2 and seed requests share
 //! forward passes. Every error answer under `/v2` is `{"error": ...}`: the handlers' own,
-//! and through [`error_bodies`] those of the admission middleware and of unknown routes.
+//! and through [`error_body`] (applied by the server's edge layer, `crate::edge`) those of the
+//! admission middleware and of unknown routes.
 
 pub mod error;
 pub mod grpc;
@@ -23,9 +24,7 @@ pub use rest::{encode_response, parse_binary_request};
 
 use crate::state::AppState;
 use axum::body::Body;
-use axum::extract::Request;
 use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::Response;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
@@ -53,16 +52,20 @@ pub fn inference_routes() -> OpenApiRouter<AppState> {
 /// Error bodies are read at most this far; every error this server writes is far shorter.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
-/// Middleware: any error answer under `/v2` that is not yet `{"error": ...}` (a refusal of
-/// the admission middleware, an unknown route, a rejected path) is rewritten into that
-/// shape, keeping its status and headers, so clients of the protocol read every error.
-pub async fn error_bodies(request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    let is_v2 = path == "/v2" || path.starts_with("/v2/");
-    let response = next.run(request).await;
-    if !is_v2 || !(response.status().is_client_error() || response.status().is_server_error()) {
-        return response;
-    }
+/// Whether `path` is under the v2 protocol, whose errors are all `{"error": ...}`.
+pub fn is_v2_path(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
+}
+
+/// Whether an answer under `/v2` with this status needs [`error_body`].
+pub fn needs_error_body(status: axum::http::StatusCode) -> bool {
+    status.is_client_error() || status.is_server_error()
+}
+
+/// Rewrites an error answer under `/v2` that is not yet `{"error": ...}` (a refusal of the
+/// admission middleware, an unknown route, a rejected path) into that shape, keeping its
+/// status and headers, so clients of the protocol read every error.
+pub async fn error_body(response: Response) -> Response {
     let (mut parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, MAX_ERROR_BODY)
         .await

@@ -1,0 +1,282 @@
+//! The edge of every route: one layer that does, around each request's handler, what every
+//! request needs: an `x-request-id` (the client's, or a new UUID), the API key check
+//! (`crate::auth`), the `{"error"}` shape of errors under `/v2` (`crate::v2::error_body`),
+//! the HTTP metrics (`http_requests_total`, `http_request_duration_seconds`,
+//! `http_requests_in_flight`) and the request's log line.
+//!
+//! One hand-written layer rather than a middleware per concern: each `from_fn` middleware
+//! boxes a future and clones a service per request, and five of them cost more CPU than
+//! routing, parsing and inference together on a small model.
+
+use crate::metrics::SERVED_MODEL;
+use crate::state::AppState;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, Method};
+use axum::response::Response;
+use metrics::{Counter, Gauge, Histogram};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+use tokio::task::futures::TaskLocalFuture;
+use tower::{Layer, Service};
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The layer; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct EdgeLayer {
+    api_keys: Arc<[String]>,
+}
+
+impl EdgeLayer {
+    pub fn new(state: &AppState) -> Self {
+        Self {
+            api_keys: state.config().server.api_keys.clone().into(),
+        }
+    }
+}
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            inner,
+            api_keys: Arc::clone(&self.api_keys),
+        }
+    }
+}
+
+/// The service [`EdgeLayer`] wraps each route in.
+#[derive(Debug, Clone)]
+pub struct Edge<S> {
+    inner: S,
+    api_keys: Arc<[String]>,
+}
+
+impl<S> Service<Request> for Edge<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = EdgeFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let started = Instant::now();
+        let request_id = request_id(&mut request);
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        // Only an unmatched request is logged by its raw path: a route's template is enough.
+        let unmatched_path = route.is_none().then(|| request.uri().path().to_owned());
+        let meta = Meta {
+            started,
+            method: request.method().clone(),
+            route,
+            unmatched_path,
+            request_id,
+            v2: crate::v2::is_v2_path(request.uri().path()),
+            in_flight: InFlight::enter(),
+        };
+        let stage = match crate::auth::refusal(&self.api_keys, &request) {
+            Some(refused) => Stage::Refused {
+                response: Some(refused),
+            },
+            None => Stage::Handling {
+                future: SERVED_MODEL.scope(RefCell::new(None), self.inner.call(request)),
+            },
+        };
+        EdgeFuture {
+            stage,
+            meta: Some(meta),
+            model: None,
+        }
+    }
+}
+
+/// The request's id: the client's `x-request-id` when it sent one, else a new UUID, which
+/// is then set on the request for the handlers to read.
+fn request_id(request: &mut Request) -> HeaderValue {
+    if let Some(id) = request.headers().get(&REQUEST_ID) {
+        return id.clone();
+    }
+    let mut text = uuid::Uuid::encode_buffer();
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    let id = HeaderValue::from_str(text).expect("a UUID is a valid header value");
+    request.headers_mut().insert(REQUEST_ID, id.clone());
+    id
+}
+
+/// What is known of a request before its answer.
+struct Meta {
+    started: Instant,
+    method: Method,
+    route: Option<MatchedPath>,
+    unmatched_path: Option<String>,
+    request_id: HeaderValue,
+    v2: bool,
+    in_flight: InFlight,
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Edge`]: the handler's (or the refusal), then the rewrite of a v2
+    /// error's body when one is needed, then the bookkeeping.
+    pub struct EdgeFuture<F> {
+        #[pin]
+        stage: Stage<F>,
+        meta: Option<Meta>,
+        model: Option<String>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StageProjection]
+    enum Stage<F> {
+        Handling { #[pin] future: TaskLocalFuture<RefCell<Option<String>>, F> },
+        Refused { response: Option<Response> },
+        Rewriting { future: Pin<Box<dyn Future<Output = Response> + Send>> },
+    }
+}
+
+impl<F> Future for EdgeFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let response = match this.stage.as_mut().project() {
+                StageProjection::Handling { mut future } => {
+                    let Ok(response) = ready!(future.as_mut().poll(cx));
+                    *this.model = future.take_value().and_then(RefCell::into_inner);
+                    response
+                }
+                StageProjection::Refused { response } => {
+                    response.take().expect("a refusal is answered once")
+                }
+                StageProjection::Rewriting { future } => ready!(future.as_mut().poll(cx)),
+            };
+            let meta = this.meta.as_ref().expect("polled after completion");
+            if meta.v2
+                && crate::v2::needs_error_body(response.status())
+                && !matches!(*this.stage, Stage::Rewriting { .. })
+            {
+                this.stage.set(Stage::Rewriting {
+                    future: Box::pin(crate::v2::error_body(response)),
+                });
+                continue;
+            }
+            let meta = this.meta.take().expect("polled after completion");
+            return Poll::Ready(Ok(finish(meta, this.model.take(), response)));
+        }
+    }
+}
+
+/// Counts, logs and labels a request's answer.
+fn finish(meta: Meta, model: Option<String>, mut response: Response) -> Response {
+    let elapsed = meta.started.elapsed();
+    let status = response.status().as_u16();
+    let route = meta.route.as_ref().map(MatchedPath::as_str);
+    record(
+        route.unwrap_or("unmatched"),
+        &meta.method,
+        status,
+        model.as_deref().unwrap_or_default(),
+        elapsed.as_secs_f64(),
+    );
+    tracing::info!(
+        target: "inference_server::request",
+        method = %meta.method,
+        route = route.or(meta.unmatched_path.as_deref()).unwrap_or_default(),
+        status,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        request_id = meta.request_id.to_str().unwrap_or_default(),
+        "request"
+    );
+    response
+        .headers_mut()
+        .entry(REQUEST_ID)
+        .or_insert(meta.request_id);
+    drop(meta.in_flight);
+    response
+}
+
+/// One request in `http_requests_in_flight`, also when its future is dropped unanswered.
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn enter() -> Self {
+        let gauge = IN_FLIGHT.with(|gauge| gauge.clone());
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// The series of one route, method, status and model.
+struct Series {
+    route: String,
+    method: Method,
+    status: u16,
+    model: String,
+    duration: Histogram,
+    total: Counter,
+}
+
+type SeriesHasher = BuildHasherDefault<DefaultHasher>;
+
+thread_local! {
+    static IN_FLIGHT: Gauge = metrics::gauge!("http_requests_in_flight");
+    /// The handles of the series seen on this thread, by a hash of their labels: looking a
+    /// series up in the recorder builds its labels and key anew on every request.
+    static SERIES: RefCell<HashMap<u64, Vec<Series>>> = RefCell::new(HashMap::new());
+}
+
+fn record(route: &str, method: &Method, status: u16, model: &str, seconds: f64) {
+    let hash = SeriesHasher::default().hash_one((route, method.as_str(), status, model));
+    SERIES.with(|series| {
+        let mut series = series.borrow_mut();
+        let bucket = series.entry(hash).or_default();
+        let position = bucket.iter().position(|s| {
+            s.status == status && s.route == route && s.method == *method && s.model == model
+        });
+        let found = match position {
+            Some(position) => &bucket[position],
+            None => {
+                let status_label = status.to_string();
+                bucket.push(Series {
+                    duration: metrics::histogram!("http_request_duration_seconds",
+                        "route" => route.to_owned(), "method" => method.as_str().to_owned(),
+                        "status" => status_label.clone()),
+                    total: metrics::counter!("http_requests_total",
+                        "route" => route.to_owned(), "method" => method.as_str().to_owned(),
+                        "status" => status_label, "model" => model.to_owned()),
+                    route: route.to_owned(),
+                    method: method.clone(),
+                    status,
+                    model: model.to_owned(),
+                });
+                bucket.last().expect("just pushed")
+            }
+        };
+        found.duration.record(seconds);
+        found.total.increment(1);
+    });
+}
