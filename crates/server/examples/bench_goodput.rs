@@ -4,9 +4,11 @@
 //! Run through `cargo xtask bench goodput`, or directly (with the release binary built):
 //! `cargo run --release -p inference-server --example bench_goodput -- --help`.
 //!
-//! First the closed-loop capacity is measured: a few connections, each sending its next
-//! request as soon as the last is answered. Then each level offers a multiple of that
-//! capacity open-loop: a request is due every 1/rate seconds whatever the answers, and
+//! Each level first measures the closed-loop capacity: a few connections, each sending its
+//! next request as soon as the last is answered. Measured again right before every level,
+//! not once for all: on a shared machine the speed drifts by tens of percent over a minute,
+//! and a capacity from a minute earlier would make that drift look like the server's doing.
+//! The level then offers a multiple of that capacity open-loop: a request is due every 1/rate seconds whatever the answers, and
 //! goes out on an idle keep-alive connection of a fixed set; a request due while every
 //! connection is busy is dropped by the client and counted apart. Latency counts from the
 //! moment a request was due, so a generator falling behind shows in it.
@@ -113,6 +115,8 @@ struct Answers {
 #[derive(Debug)]
 struct Level {
     multiple: f64,
+    /// The closed-loop capacity measured right before this level.
+    capacity: f64,
     offered: f64,
     sent: f64,
     ok: f64,
@@ -133,6 +137,7 @@ impl Level {
     fn to_json(&self) -> Value {
         json!({
             "multiple": self.multiple,
+            "capacity_rps": self.capacity,
             "offered_rps": self.offered,
             "sent_rps": self.sent,
             "ok_rps": self.ok,
@@ -184,18 +189,19 @@ async fn main() -> Result<()> {
         model_dir.display()
     );
 
-    let capacity = capacity(&server.addr, args.capacity_connections, args.capacity_secs).await?;
-    ensure!(
-        capacity > 0.0,
-        "no request was answered 200 in the capacity run"
-    );
-    println!(
-        "closed-loop capacity: {capacity:.0} req/s answered 200 ({} connections, {:.1} s)",
-        args.capacity_connections, args.capacity_secs
-    );
-
     let mut levels = Vec::new();
     for &multiple in &args.levels {
+        wait_for_empty_queue(&server.addr).await?;
+        let capacity =
+            capacity(&server.addr, args.capacity_connections, args.capacity_secs).await?;
+        ensure!(
+            capacity > 0.0,
+            "no request was answered 200 in the capacity run"
+        );
+        println!(
+            "closed-loop capacity: {capacity:.0} req/s answered 200 ({} connections, {:.1} s)",
+            args.capacity_connections, args.capacity_secs
+        );
         wait_for_empty_queue(&server.addr).await?;
         let level = open_loop(
             &server.addr,
@@ -220,7 +226,6 @@ async fn main() -> Result<()> {
     print_table(&levels);
     if let Some(dir) = &args.out {
         let report = json!({
-            "capacity_rps": capacity,
             "capacity_connections": args.capacity_connections,
             "connections": args.connections,
             "secs_per_level": args.secs,
@@ -352,6 +357,7 @@ async fn open_loop(
     let ok = per_second(answers.ok_latencies.len() as u64);
     Ok(Level {
         multiple,
+        capacity,
         offered: rate,
         sent: per_second(sent),
         ok,
@@ -474,18 +480,19 @@ fn print_table(levels: &[Level]) {
     let ms = |value: Option<f64>| value.map_or("-".to_owned(), |ms| format!("{ms:.1}"));
     println!();
     println!(
-        "| load | offered/s | sent/s |  200/s |  429/s |  503/s | other/s | errors | \
+        "| load | capacity/s | offered/s | sent/s |  200/s |  429/s |  503/s | other/s | errors | \
          unanswered | client-dropped/s | p50 ms (200) | p99 ms (200) | goodput/capacity |"
     );
     println!(
-        "|-----:|----------:|-------:|-------:|-------:|-------:|--------:|-------:|\
+        "|-----:|-----------:|----------:|-------:|-------:|-------:|-------:|--------:|-------:|\
          -----------:|-----------------:|-------------:|-------------:|-----------------:|"
     );
     for level in levels {
         println!(
-            "| {:>3}x | {:>9.0} | {:>6.0} | {:>6.0} | {:>6.0} | {:>6.0} | {:>7.0} | {:>6} | \
+            "| {:>3}x | {:>10.0} | {:>9.0} | {:>6.0} | {:>6.0} | {:>6.0} | {:>6.0} | {:>7.0} | {:>6} | \
              {:>10} | {:>16.0} | {:>12} | {:>12} | {:>16.2} |",
             level.multiple,
+            level.capacity,
             level.offered,
             level.sent,
             level.ok,
