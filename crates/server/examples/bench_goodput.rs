@@ -8,10 +8,11 @@
 //! next request as soon as the last is answered. Measured again right before every level,
 //! not once for all: on a shared machine the speed drifts by tens of percent over a minute,
 //! and a capacity from a minute earlier would make that drift look like the server's doing.
-//! The level then offers a multiple of that capacity open-loop: a request is due every 1/rate seconds whatever the answers, and
-//! goes out on an idle keep-alive connection of a fixed set; a request due while every
-//! connection is busy is dropped by the client and counted apart. Latency counts from the
-//! moment a request was due, so a generator falling behind shows in it.
+//! The level then offers a multiple of that capacity open-loop: a request is due every
+//! 1/rate seconds whatever the answers, and goes out on the first keep-alive connection of
+//! a fixed set to be free; a request that no connection was free to send within a
+//! millisecond of its due time is dropped by the client and counted apart. Latency counts
+//! from the moment a request was due, so a generator falling behind shows in it.
 //!
 //! The server is the release binary, started on a free port with the `INFERENCE_…`
 //! variables of this process, so admission settings can be compared from the outside.
@@ -26,7 +27,6 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -294,7 +294,18 @@ async fn capacity(addr: &str, connections: usize, secs: f64) -> Result<f64> {
     Ok(ok as f64 / secs)
 }
 
+/// How late a due request may still be sent: one that no connection was free to send
+/// within this much of its due time is dropped by the client.
+const LATE: Duration = Duration::from_millis(1);
+
 /// Offers `multiple × capacity` requests per second for `secs` seconds, open loop.
+///
+/// Request `i` is due at `i / rate` seconds. Each connection has a task of its own that
+/// takes the next due request (waiting for its time if it is early), sends it and reads the
+/// answer; requests that became more than [`LATE`] overdue while every connection was busy
+/// are skipped and counted as dropped. A task per connection rather than per request keeps
+/// the generator's own cost per request at that of the capacity run: it shares the cores
+/// with the server.
 async fn open_loop(
     addr: &str,
     connections: usize,
@@ -307,49 +318,48 @@ async fn open_loop(
         let addr = addr.to_owned();
         connecting.spawn(async move { connect(&addr).await });
     }
-    // First in, first out: every connection takes its turn, so none idles long enough
-    // for the server to close it as idle.
-    let mut idle = VecDeque::with_capacity(connections);
+    let mut opened = Vec::with_capacity(connections);
     while let Some(connection) = connecting.join_next().await {
-        idle.push_back(connection?.context("cannot open the generator's connections")?);
+        opened.push(connection?.context("cannot open the generator's connections")?);
     }
-    let idle = Arc::new(Mutex::new(idle));
-    let answers = Arc::new(Mutex::new(Answers::default()));
-    let in_flight = Arc::new(AtomicU64::new(0));
 
     let rate = multiple * capacity;
-    let total = (rate * secs).round() as u64;
-    let (mut issued, mut sent, mut dropped) = (0u64, 0u64, 0u64);
-    let start = Instant::now();
-    while issued < total {
-        let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
-        while issued < due {
-            let scheduled = start + Duration::from_secs_f64(issued as f64 / rate);
-            issued += 1;
-            let Some(connection) = take_open(&idle, addr) else {
-                dropped += 1;
-                continue;
-            };
-            sent += 1;
-            in_flight.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(exchange(
-                connection,
-                addr.to_owned(),
-                scheduled,
-                Arc::clone(&idle),
-                Arc::clone(&answers),
-                Arc::clone(&in_flight),
-            ));
+    let schedule = Arc::new(Schedule {
+        start: Instant::now(),
+        rate,
+        total: (rate * secs).round() as u64,
+        next: AtomicU64::new(0),
+    });
+    let answers = Arc::new(Mutex::new(Answers::default()));
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let mut clients = JoinSet::new();
+    for connection in opened {
+        clients.spawn(client(
+            connection,
+            addr.to_owned(),
+            Arc::clone(&schedule),
+            Arc::clone(&answers),
+            Arc::clone(&in_flight),
+        ));
+    }
+    let end = schedule.start + Duration::from_secs_f64(secs);
+    let sent = match tokio::time::timeout_at((end + GRACE).into(), async {
+        let mut sent = 0;
+        while let Some(client) = clients.join_next().await {
+            sent += client?;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let grace_end = Instant::now() + GRACE;
-    while in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < grace_end {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        anyhow::Ok(sent)
+    })
+    .await
+    {
+        Ok(sent) => sent?,
+        Err(_late) => {
+            // Answers still missing after the grace period: count what was sent so far.
+            clients.abort_all();
+            schedule.sent()
+        }
+    };
     let unanswered = in_flight.load(Ordering::SeqCst);
-    // Closes the idle connections; those still in flight close when their answer comes.
-    idle.lock().unwrap().clear();
 
     let mut answers = std::mem::take(&mut *answers.lock().unwrap());
     answers.ok_latencies.sort_unstable();
@@ -364,7 +374,7 @@ async fn open_loop(
         too_many: per_second(answers.too_many),
         unavailable: per_second(answers.unavailable),
         other: per_second(answers.other),
-        dropped: per_second(dropped),
+        dropped: per_second(schedule.total.saturating_sub(sent)),
         errors: answers.errors,
         first_error: answers.first_error.take(),
         unanswered,
@@ -375,20 +385,62 @@ async fn open_loop(
     })
 }
 
-/// One open-loop request: sends it, records the answer, and gives the connection back
-/// (or a new one, when it closed).
-async fn exchange(
+/// When each request of a level is due, and which is next.
+struct Schedule {
+    start: Instant,
+    rate: f64,
+    total: u64,
+    /// The next request no connection has taken.
+    next: AtomicU64,
+}
+
+impl Schedule {
+    /// The next request to send and when it is due, skipping those more than [`LATE`]
+    /// overdue; `None` once every request of the level was taken or skipped.
+    fn take(&self) -> Option<(u64, Instant)> {
+        let overdue = self.start.elapsed().saturating_sub(LATE).as_secs_f64() * self.rate;
+        self.next.fetch_max(overdue as u64, Ordering::SeqCst);
+        let index = self.next.fetch_add(1, Ordering::SeqCst);
+        (index < self.total).then(|| {
+            (
+                index,
+                self.start + Duration::from_secs_f64(index as f64 / self.rate),
+            )
+        })
+    }
+
+    /// Requests taken so far (an upper bound of those sent, for an aborted level).
+    fn sent(&self) -> u64 {
+        self.next.load(Ordering::SeqCst).min(self.total)
+    }
+}
+
+/// One connection's share of a level: sends the requests it takes from `schedule` one
+/// after the other, records their answers, and returns how many it sent.
+async fn client(
     mut connection: Connection,
     addr: String,
-    scheduled: Instant,
-    idle: Arc<Mutex<VecDeque<Connection>>>,
+    schedule: Arc<Schedule>,
     answers: Arc<Mutex<Answers>>,
     in_flight: Arc<AtomicU64>,
-) {
-    let result = predict(&mut connection, &addr).await;
-    let latency = scheduled.elapsed();
-    let reusable = result.is_ok() && !connection.is_closed();
-    {
+) -> u64 {
+    let mut sent = 0;
+    while let Some((_, due)) = schedule.take() {
+        tokio::time::sleep_until(due.into()).await;
+        if connection.is_closed() {
+            match connect(&addr).await {
+                Ok(fresh) => {
+                    connection = fresh;
+                    answers.lock().unwrap().reconnects += 1;
+                }
+                Err(_) => continue,
+            }
+        }
+        sent += 1;
+        in_flight.fetch_add(1, Ordering::SeqCst);
+        let result = predict(&mut connection, &addr).await;
+        let latency = due.elapsed();
+        in_flight.fetch_sub(1, Ordering::SeqCst);
         let mut answers = answers.lock().unwrap();
         match result {
             Ok(200) => answers.ok_latencies.push(latency),
@@ -403,34 +455,7 @@ async fn exchange(
             }
         }
     }
-    let connection = if reusable {
-        Some(connection)
-    } else {
-        drop(connection);
-        let reconnected = connect(&addr).await.ok();
-        answers.lock().unwrap().reconnects += u64::from(reconnected.is_some());
-        reconnected
-    };
-    if let Some(connection) = connection {
-        idle.lock().unwrap().push_back(connection);
-    }
-    in_flight.fetch_sub(1, Ordering::SeqCst);
-}
-
-/// The next idle connection that is still open; a closed one is replaced in the background.
-fn take_open(idle: &Arc<Mutex<VecDeque<Connection>>>, addr: &str) -> Option<Connection> {
-    loop {
-        let connection = idle.lock().unwrap().pop_front()?;
-        if !connection.is_closed() {
-            return Some(connection);
-        }
-        let (idle, addr) = (Arc::clone(idle), addr.to_owned());
-        tokio::spawn(async move {
-            if let Ok(connection) = connect(&addr).await {
-                idle.lock().unwrap().push_back(connection);
-            }
-        });
-    }
+    sent
 }
 
 /// An error and its sources on one line: the sources say what the socket saw.
