@@ -395,18 +395,13 @@ struct Schedule {
 }
 
 impl Schedule {
-    /// The next request to send and when it is due, skipping those more than [`LATE`]
-    /// overdue; `None` once every request of the level was taken or skipped.
-    fn take(&self) -> Option<(u64, Instant)> {
+    /// When the next request to send is due, skipping those more than [`LATE`] overdue;
+    /// `None` once every request of the level was taken or skipped.
+    fn take(&self) -> Option<Instant> {
         let overdue = self.start.elapsed().saturating_sub(LATE).as_secs_f64() * self.rate;
         self.next.fetch_max(overdue as u64, Ordering::SeqCst);
         let index = self.next.fetch_add(1, Ordering::SeqCst);
-        (index < self.total).then(|| {
-            (
-                index,
-                self.start + Duration::from_secs_f64(index as f64 / self.rate),
-            )
-        })
+        (index < self.total).then(|| self.start + Duration::from_secs_f64(index as f64 / self.rate))
     }
 
     /// Requests taken so far (an upper bound of those sent, for an aborted level).
@@ -425,7 +420,7 @@ async fn client(
     in_flight: Arc<AtomicU64>,
 ) -> u64 {
     let mut sent = 0;
-    while let Some((_, due)) = schedule.take() {
+    while let Some(due) = schedule.take() {
         tokio::time::sleep_until(due.into()).await;
         if connection.is_closed() {
             match connect(&addr).await {
