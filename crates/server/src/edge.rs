@@ -191,7 +191,7 @@ fn finish(meta: Meta, model: Option<String>, mut response: Response) -> Response
     let route = meta.route.as_ref().map(MatchedPath::as_str);
     record(
         route.unwrap_or("unmatched"),
-        &meta.method,
+        method_label(&meta.method),
         status,
         model.as_deref().unwrap_or_default(),
         elapsed.as_secs_f64(),
@@ -230,10 +230,32 @@ impl Drop for InFlight {
     }
 }
 
+/// The methods counted by name; any other is counted as `other`.
+static METHODS: [Method; 9] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::PATCH,
+    Method::CONNECT,
+    Method::TRACE,
+];
+
+/// A method's `method` label. Clients may send any token as a method: labelled by name,
+/// each new one would add series (and memory) without bound.
+fn method_label(method: &Method) -> &'static str {
+    METHODS
+        .iter()
+        .find(|known| *known == method)
+        .map_or("other", Method::as_str)
+}
+
 /// The series of one route, method, status and model.
 struct Series {
     route: String,
-    method: Method,
+    method: &'static str,
     status: u16,
     model: String,
     duration: Histogram,
@@ -249,13 +271,13 @@ thread_local! {
     static SERIES: RefCell<HashMap<u64, Vec<Series>>> = RefCell::new(HashMap::new());
 }
 
-fn record(route: &str, method: &Method, status: u16, model: &str, seconds: f64) {
-    let hash = SeriesHasher::default().hash_one((route, method.as_str(), status, model));
+fn record(route: &str, method: &'static str, status: u16, model: &str, seconds: f64) {
+    let hash = SeriesHasher::default().hash_one((route, method, status, model));
     SERIES.with(|series| {
         let mut series = series.borrow_mut();
         let bucket = series.entry(hash).or_default();
         let position = bucket.iter().position(|s| {
-            s.status == status && s.route == route && s.method == *method && s.model == model
+            s.status == status && s.route == route && s.method == method && s.model == model
         });
         let found = match position {
             Some(position) => &bucket[position],
@@ -263,13 +285,13 @@ fn record(route: &str, method: &Method, status: u16, model: &str, seconds: f64) 
                 let status_label = status.to_string();
                 bucket.push(Series {
                     duration: metrics::histogram!("http_request_duration_seconds",
-                        "route" => route.to_owned(), "method" => method.as_str().to_owned(),
+                        "route" => route.to_owned(), "method" => method,
                         "status" => status_label.clone()),
                     total: metrics::counter!("http_requests_total",
-                        "route" => route.to_owned(), "method" => method.as_str().to_owned(),
+                        "route" => route.to_owned(), "method" => method,
                         "status" => status_label, "model" => model.to_owned()),
                     route: route.to_owned(),
-                    method: method.clone(),
+                    method,
                     status,
                     model: model.to_owned(),
                 });
@@ -279,4 +301,17 @@ fn record(route: &str, method: &Method, status: u16, model: &str, seconds: f64) 
         found.duration.record(seconds);
         found.total.increment(1);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standard_methods_are_labelled_by_name_and_any_other_as_other() {
+        assert_eq!(method_label(&Method::POST), "POST");
+        assert_eq!(method_label(&Method::OPTIONS), "OPTIONS");
+        let made_up = Method::from_bytes(b"FETCH-THIS-123").unwrap();
+        assert_eq!(method_label(&made_up), "other");
+    }
 }

@@ -1,4 +1,5 @@
-//! Logging: a `RUST_LOG`-style filter, text or JSON lines on stderr (one line per request: `crate::edge`).
+//! Logging: a `RUST_LOG`-style filter, text or JSON lines on stderr. The one line per
+//! request is written by `crate::edge`.
 
 use crate::config::LogConfig;
 use std::io::IsTerminal;

@@ -84,6 +84,27 @@ async fn a_failed_model_keeps_the_server_unready_and_is_named() {
 }
 
 #[tokio::test]
+async fn a_made_up_method_is_counted_as_other_not_by_its_name() {
+    let state = example_state().await;
+    let request = axum::http::Request::builder()
+        .method(axum::http::Method::from_bytes(b"MADEUP-7F3A").unwrap())
+        .uri("/predict")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let _ = app(state.clone()).oneshot(request).await.unwrap();
+
+    let response = app(state.clone()).oneshot(get("/metrics")).await.unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    assert!(!text.contains("MADEUP-7F3A"), "{text}");
+    let other = [r#"route="/predict""#, r#"method="other""#];
+    assert!(
+        sample(&text, "http_requests_total", &other).unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn metrics_count_requests_and_show_the_histograms_after_a_few_requests() {
     let state = example_state().await;
     for _ in 0..3 {
