@@ -8,20 +8,25 @@ use proptest::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One client: how many rows it sends, at which priority, after how many yields.
+/// One client: how many rows it sends, at which priority, after how many yields, and
+/// whether through `submit_alone` (run at once when the scheduler is idle).
 #[derive(Debug, Clone)]
 struct Client {
     rows: usize,
     priority: i32,
     yields_before: usize,
+    alone: bool,
 }
 
 fn client() -> impl Strategy<Value = Client> {
-    (1usize..=20, -2i32..=2, 0usize..6).prop_map(|(rows, priority, yields_before)| Client {
-        rows,
-        priority,
-        yields_before,
-    })
+    (1usize..=20, -2i32..=2, 0usize..6, any::<bool>()).prop_map(
+        |(rows, priority, yields_before, alone)| Client {
+            rows,
+            priority,
+            yields_before,
+            alone,
+        },
+    )
 }
 
 /// Row `j` of client `i` carries the value `i * 100 + j`, unique across the run.
@@ -59,7 +64,11 @@ async fn check(
                     priority: client.priority,
                     timeout: None,
                 };
-                scheduler.submit(request).await
+                if client.alone {
+                    scheduler.submit_alone(request).await
+                } else {
+                    scheduler.submit(request).await
+                }
             })
         })
         .collect();
@@ -167,6 +176,7 @@ fn submitters_on_many_threads_get_their_own_rows() {
             rows: 1 + (i * 7) % 19,
             priority: (i % 5) as i32 - 2,
             yields_before: i % 3,
+            alone: i % 2 == 0,
         })
         .collect();
     let config = SchedulerConfig {

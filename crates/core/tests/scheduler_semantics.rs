@@ -722,3 +722,131 @@ async fn stats_report_measured_times_and_counts() {
     assert!(stats.requests_per_second > 0.0 && stats.rows_per_second > 0.0);
     assert!(stats.running && stats.queue_size == 0);
 }
+
+/// Polls a future once; on this single-threaded runtime no other task runs meanwhile.
+async fn poll_once<F: std::future::Future>(
+    future: std::pin::Pin<&mut F>,
+) -> std::task::Poll<F::Output> {
+    let mut future = Some(future);
+    std::future::poll_fn(|cx| {
+        let future = future.take().expect("polled once");
+        std::task::Poll::Ready(future.poll(cx))
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn submit_alone_runs_at_once_on_the_callers_task_when_the_scheduler_is_idle() {
+    let engine = Arc::new(FakeEngine::new());
+    let scheduler = start(&engine, config(8));
+    // A queued request waits for the worker task, which cannot run inside this one poll.
+    let mut queued = std::pin::pin!(scheduler.submit(request(&[1.0], 0)));
+    assert!(poll_once(queued.as_mut()).await.is_pending());
+    queued.await.unwrap();
+
+    let mut alone = std::pin::pin!(scheduler.submit_alone(request(&[2.0, 3.0], 0)));
+    let std::task::Poll::Ready(answered) = poll_once(alone.as_mut()).await else {
+        panic!("an idle scheduler runs the request within the caller's poll");
+    };
+    let response = answered.unwrap();
+    assert_eq!(response.outputs, outputs_for(&[2.0, 3.0]));
+    assert_eq!(response.engine_batch_sizes, vec![2]);
+    assert_eq!(response.row_latencies.len(), 2);
+    assert_eq!(engine.batches(), vec![vec![1.0], vec![2.0, 3.0]]);
+    let stats = scheduler.stats();
+    assert_eq!(stats.requests_processed, 2);
+    assert_eq!(stats.batches_processed, 2);
+    assert_eq!(stats.rows_processed, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn submit_alone_queues_behind_a_running_batch_and_is_batched_with_others() {
+    let engine = Arc::new(FakeEngine::new());
+    let scheduler = start(&engine, config(8));
+    let running = occupy(&engine, &scheduler).await;
+    let alone = {
+        let scheduler = scheduler.clone();
+        tokio::spawn(async move { scheduler.submit_alone(request(&[1.0], 0)).await })
+    };
+    until("the request is queued", || scheduler.queue_len() == 1).await;
+    let other = enqueue(&scheduler, request(&[2.0], 0)).await;
+    engine.release();
+    answer(running).await.unwrap();
+    assert_eq!(answer(alone).await.unwrap().engine_batch_sizes, vec![2]);
+    answer(other).await.unwrap();
+    assert_eq!(engine.batches(), vec![vec![0.0], vec![1.0, 2.0]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn submit_alone_splits_a_request_larger_than_a_batch_through_the_queue() {
+    let engine = Arc::new(FakeEngine::new());
+    let scheduler = start(&engine, config(2));
+    let mut alone = std::pin::pin!(scheduler.submit_alone(request(&[1.0, 2.0, 3.0], 0)));
+    assert!(poll_once(alone.as_mut()).await.is_pending());
+    let response = alone.await.unwrap();
+    assert_eq!(response.outputs, outputs_for(&[1.0, 2.0, 3.0]));
+    assert_eq!(engine.batch_sizes(), vec![2, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn submit_alone_keeps_deadlines_failures_and_cancellation() {
+    let engine = Arc::new(
+        FakeEngine::new()
+            .with_delay(Duration::from_millis(10))
+            .fail_on(7.0)
+            .panic_on(8.0),
+    );
+    let scheduler = start(&engine, config(8));
+    let mut late = request(&[1.0], 0);
+    late.timeout = Some(Duration::from_millis(5));
+    assert!(matches!(
+        scheduler.submit_alone(late).await,
+        Err(EngineError::DeadlineExceeded(t)) if t == Duration::from_millis(5)
+    ));
+    assert!(matches!(
+        scheduler.submit_alone(request(&[7.0], 0)).await,
+        Err(EngineError::Backend(_))
+    ));
+    assert!(matches!(
+        scheduler.submit_alone(request(&[8.0], 0)).await,
+        Err(EngineError::Panicked(_))
+    ));
+
+    // A caller that stops waiting is counted as cancelled, and the scheduler is idle again.
+    engine.hold();
+    let mut dropped = Box::pin(scheduler.submit_alone(request(&[2.0], 0)));
+    assert!(poll_once(dropped.as_mut()).await.is_pending());
+    drop(dropped);
+    engine.release();
+    let stats = scheduler.stats();
+    assert_eq!(
+        (
+            stats.expired,
+            stats.errors,
+            stats.requests_failed,
+            stats.cancelled
+        ),
+        (1, 2, 3, 1)
+    );
+    assert_eq!(
+        scheduler
+            .submit_alone(request(&[3.0], 0))
+            .await
+            .unwrap()
+            .outputs,
+        outputs_for(&[3.0])
+    );
+    assert_eq!(scheduler.stats().requests_processed, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn submit_alone_after_shutdown_is_refused() {
+    let engine = Arc::new(FakeEngine::new());
+    let scheduler = start(&engine, config(8));
+    scheduler.shutdown().await;
+    assert!(matches!(
+        scheduler.submit_alone(request(&[1.0], 0)).await,
+        Err(EngineError::Unavailable(_))
+    ));
+    assert!(engine.batches().is_empty());
+}

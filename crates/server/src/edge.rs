@@ -21,6 +21,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 use tokio::task::futures::TaskLocalFuture;
@@ -213,11 +214,24 @@ fn finish(meta: Meta, model: Option<String>, mut response: Response) -> Response
     response
 }
 
+/// Requests between the edge and their answer, on every route; the gauge's value, kept
+/// where the handlers can read it.
+static IN_PROGRESS: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether the calling request is the only one in progress and at most one connection is
+/// open, so no other request can arrive before its answer to be batched with it. (A count
+/// of requests alone is not enough: under load, many requests wait unread in their
+/// connections' sockets while one is handled.)
+pub fn handling_one_request() -> bool {
+    IN_PROGRESS.load(Ordering::Acquire) == 1 && crate::serve::open_connections() <= 1
+}
+
 /// One request in `http_requests_in_flight`, also when its future is dropped unanswered.
 struct InFlight(Gauge);
 
 impl InFlight {
     fn enter() -> Self {
+        IN_PROGRESS.fetch_add(1, Ordering::AcqRel);
         let gauge = IN_FLIGHT.with(|gauge| gauge.clone());
         gauge.increment(1.0);
         Self(gauge)
@@ -226,6 +240,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        IN_PROGRESS.fetch_sub(1, Ordering::AcqRel);
         self.0.decrement(1.0);
     }
 }

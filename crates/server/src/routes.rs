@@ -233,14 +233,16 @@ async fn infer_decoded(
         .collect();
     let preprocessing = started.elapsed();
 
-    let response = model
-        .scheduler
-        .submit(InferenceRequest {
-            samples: valid,
-            priority,
-            timeout,
-        })
-        .await?;
+    let request = InferenceRequest {
+        samples: valid,
+        priority,
+        timeout,
+    };
+    let response = if crate::edge::handling_one_request() {
+        model.scheduler.submit_alone(request).await?
+    } else {
+        model.scheduler.submit(request).await?
+    };
 
     let post_started = Instant::now();
     let mut predictions: Vec<Option<Prediction>> = vec![None; count];

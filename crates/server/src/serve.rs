@@ -370,6 +370,7 @@ async fn serve_connection(
     mut drain: watch::Receiver<bool>,
     _slot: Option<OwnedSemaphorePermit>,
 ) {
+    let _open = OpenConnection::enter();
     // Responses are written whole: waiting to merge small segments only adds latency.
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
@@ -428,6 +429,30 @@ async fn serve_connection(
                 }
             }
         }
+    }
+}
+
+/// Connections being served, by every server in the process.
+static OPEN_CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many connections are open now; see [`crate::edge::handling_one_request`].
+pub fn open_connections() -> usize {
+    OPEN_CONNECTIONS.load(Ordering::Acquire)
+}
+
+/// One count in [`OPEN_CONNECTIONS`] while its connection is served.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn enter() -> Self {
+        OPEN_CONNECTIONS.fetch_add(1, Ordering::AcqRel);
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OPEN_CONNECTIONS.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

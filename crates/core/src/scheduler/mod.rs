@@ -36,7 +36,7 @@ use observe::SchedulerMetrics;
 use queue::{Claimed, Queue};
 use stats::Counters;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
@@ -153,6 +153,7 @@ impl Scheduler {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::new(config.priority_aging)),
             rows_available: Notify::new(),
+            busy: AtomicUsize::new(0),
             counters: Mutex::new(Counters::default()),
             started: Instant::now(),
             next_request_id: AtomicU64::new(0),
@@ -182,6 +183,31 @@ impl Scheduler {
         &self,
         request: InferenceRequest,
     ) -> Result<InferenceResponse, EngineError> {
+        self.submit_as(request, false).await
+    }
+
+    /// [`submit`](Self::submit) for a caller that knows no other request is on its way,
+    /// such as a server with this one request in progress. When no rows are queued or
+    /// claimed, the request's batch runs at once on the caller's task: there is nothing
+    /// to batch it with, and handing it to a worker task and back costs a small model
+    /// most of its latency (a wake, and often a second thread). Otherwise, or when the
+    /// request has more rows than one batch holds, it is queued as by `submit`.
+    ///
+    /// A batch run this way counts as a batch in the stats and metrics like any other,
+    /// and may overlap a worker's batch that was claimed after it started; the engine
+    /// bounds how many passes it runs at once.
+    pub async fn submit_alone(
+        &self,
+        request: InferenceRequest,
+    ) -> Result<InferenceResponse, EngineError> {
+        self.submit_as(request, true).await
+    }
+
+    async fn submit_as(
+        &self,
+        request: InferenceRequest,
+        alone: bool,
+    ) -> Result<InferenceResponse, EngineError> {
         let shared = &self.handle.shared;
         validate_samples(&shared.engine.info().model, &request.samples)?;
         let rows = request.samples.len();
@@ -193,6 +219,16 @@ impl Scheduler {
         }
         let enqueued = Instant::now();
         let timeout = request.timeout.or(shared.config.default_timeout);
+        if alone
+            && rows <= shared.config.max_batch_size
+            && let Some(busy) = shared.claim_idle()
+        {
+            let deadline = timeout.and_then(|t| enqueued.checked_add(t));
+            let ran = shared.run_inline(&request.samples, enqueued, deadline, timeout);
+            let outcome = ran.await;
+            drop(busy);
+            return outcome;
+        }
         let (reply, mut answer) = oneshot::channel();
         let pending = Arc::new(Pending {
             id: shared.next_request_id.fetch_add(1, Ordering::Relaxed),
@@ -344,6 +380,10 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Woken when rows are queued or the queue closes.
     rows_available: Notify,
+    /// Batches claimed and not yet finished: by workers (from their first claimed row)
+    /// and run inline by [`Scheduler::submit_alone`]. Raised only under the queue lock,
+    /// so an empty queue with nothing busy means no accepted request is waiting.
+    busy: AtomicUsize,
     counters: Mutex<Counters>,
     started: Instant,
     next_request_id: AtomicU64,
@@ -415,7 +455,84 @@ impl Shared {
             if !self.next_batch(&mut batch.claimed).await {
                 return;
             }
+            // Counted busy by `next_batch` when it claimed the first row.
+            let _busy = Busy(&self.busy);
             self.run(&mut batch.claimed).await;
+        }
+    }
+
+    /// Marks one inline batch as busy when the scheduler is idle: nothing queued, nothing
+    /// claimed, nothing running, and the queue open.
+    fn claim_idle(&self) -> Option<Busy<'_>> {
+        let queue = lock(&self.queue);
+        if queue.is_closed() || queue.rows() > 0 {
+            return None;
+        }
+        self.busy
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        Some(Busy(&self.busy))
+    }
+
+    /// Runs one request's rows as a batch on the caller's task and answers it; see
+    /// [`Scheduler::submit_alone`]. Same accounting as a worker's batch.
+    async fn run_inline(
+        &self,
+        samples: &[Sample],
+        enqueued: Instant,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> Result<InferenceResponse, EngineError> {
+        let size = samples.len();
+        // Counts the request as cancelled if the caller stops waiting for the engine.
+        let mut waiting = CancelOnDrop {
+            counters: &self.counters,
+            armed: true,
+        };
+        let started = Instant::now();
+        let computing = self.stack_and_infer(samples);
+        let outcome = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, computing).await,
+            None => Ok(computing.await),
+        };
+        waiting.armed = false;
+        let finished = Instant::now();
+        let took = finished - started;
+        let mut counters = lock(&self.counters);
+        match outcome {
+            Ok(Ok(outputs)) => {
+                let response = InferenceResponse {
+                    outputs,
+                    queue_time: started - enqueued,
+                    inference_time: took,
+                    total_time: enqueued.elapsed(),
+                    row_latencies: vec![finished - enqueued; size],
+                    engine_batch_sizes: vec![size],
+                };
+                counters.record_batch(size, took);
+                counters.record_row_latencies(&response.row_latencies);
+                counters.record_success(response.queue_time, response.total_time);
+                drop(counters);
+                self.next_batch_id.fetch_add(1, Ordering::Relaxed);
+                self.metrics.batch(size, took);
+                self.metrics.queued(response.queue_time);
+                Ok(response)
+            }
+            Ok(Err(error)) => {
+                counters.errors += 1;
+                counters.requests_failed += 1;
+                drop(counters);
+                self.metrics.batch_failed();
+                tracing::error!(%error, rows = size, "engine batch failed");
+                Err(error)
+            }
+            Err(_elapsed) => {
+                counters.expired += 1;
+                counters.requests_failed += 1;
+                drop(counters);
+                self.metrics.expired();
+                Err(EngineError::DeadlineExceeded(timeout.unwrap_or_default()))
+            }
         }
     }
 
@@ -433,7 +550,11 @@ impl Shared {
             let now = Instant::now();
             let (claim, closed, queue_empty) = {
                 let mut queue = lock(&self.queue);
+                let had_rows = !claimed.is_empty();
                 let claim = queue.claim(claimed, max_rows, now);
+                if !had_rows && !claimed.is_empty() {
+                    self.busy.fetch_add(1, Ordering::AcqRel);
+                }
                 (claim, queue.is_closed(), queue.rows() == 0)
             };
             for request in &claim.expired {
@@ -681,6 +802,29 @@ impl Drop for BatchGuard<'_> {
                     "the scheduler worker stopped".into(),
                 )),
             );
+        }
+    }
+}
+
+/// One count in [`Shared::busy`], given back when dropped.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts an inline request as cancelled when its caller drops it before its answer.
+struct CancelOnDrop<'a> {
+    counters: &'a Mutex<Counters>,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            lock(self.counters).cancelled += 1;
         }
     }
 }
