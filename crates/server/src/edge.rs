@@ -1,16 +1,19 @@
 //! The edge of every route: one layer that does, around each request's handler, what every
 //! request needs: an `x-request-id` (the client's, or a new UUID), the API key check
-//! (`crate::auth`), the `{"error"}` shape of errors under `/v2` (`crate::v2::error_body`),
-//! the HTTP metrics (`http_requests_total`, `http_request_duration_seconds`,
-//! `http_requests_in_flight`) and the request's log line.
+//! (`crate::auth`), the default body limit for extractors (`server.max_body_bytes`), a 500
+//! with a detail when a handler panics, the `{"error"}` shape of errors under `/v2`
+//! (`crate::v2::error_body`), the HTTP metrics (`http_requests_total`,
+//! `http_request_duration_seconds`, `http_requests_in_flight`) and the request's log line.
 //!
 //! One hand-written layer rather than a middleware per concern: each `from_fn` middleware
 //! boxes a future and clones a service per request, and five of them cost more CPU than
-//! routing, parsing and inference together on a small model.
+//! routing, parsing and inference together on a small model. For the same reason the body
+//! limit and the panic catcher are composed here rather than layered on the router, where
+//! each layer adds a boxed service to clone and a boxed future per request.
 
 use crate::metrics::SERVED_MODEL;
 use crate::state::AppState;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::Response;
 use metrics::{Counter, Gauge, Histogram};
@@ -19,6 +22,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,22 +37,27 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone)]
 pub struct EdgeLayer {
     api_keys: Arc<[String]>,
+    body_limit: DefaultBodyLimit,
 }
 
 impl EdgeLayer {
     pub fn new(state: &AppState) -> Self {
         Self {
             api_keys: state.config().server.api_keys.clone().into(),
+            body_limit: DefaultBodyLimit::max(state.config().server.max_body_bytes),
         }
     }
 }
 
-impl<S> Layer<S> for EdgeLayer {
-    type Service = Edge<S>;
+/// A route with the default body limit set for its extractors.
+type Limited<S> = <DefaultBodyLimit as Layer<S>>::Service;
 
-    fn layer(&self, inner: S) -> Edge<S> {
+impl<S> Layer<S> for EdgeLayer {
+    type Service = Edge<Limited<S>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
         Edge {
-            inner,
+            inner: self.body_limit.layer(inner),
             api_keys: Arc::clone(&self.api_keys),
         }
     }
@@ -93,8 +102,13 @@ where
             Some(refused) => Stage::Refused {
                 response: Some(refused),
             },
-            None => Stage::Handling {
-                future: SERVED_MODEL.scope(RefCell::new(None), self.inner.call(request)),
+            None => match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+                Ok(future) => Stage::Handling {
+                    future: SERVED_MODEL.scope(RefCell::new(None), future),
+                },
+                Err(panic) => Stage::Refused {
+                    response: Some(panic_response(panic)),
+                },
             },
         };
         EdgeFuture {
@@ -160,7 +174,15 @@ where
         loop {
             let response = match this.stage.as_mut().project() {
                 StageProjection::Handling { mut future } => {
-                    let Ok(response) = ready!(future.as_mut().poll(cx));
+                    let polled =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
+                    let response = match polled {
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Ok(Poll::Ready(Ok(response))) => response,
+                        // A bug in a handler answers 500 with a detail instead of dropping
+                        // the connection.
+                        Err(panic) => panic_response(panic),
+                    };
                     *this.model = future.take_value().and_then(RefCell::into_inner);
                     response
                 }
@@ -183,6 +205,14 @@ where
             return Poll::Ready(Ok(finish(meta, this.model.take(), response)));
         }
     }
+}
+
+/// The answer to a request whose handler panicked.
+fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
+    use axum::response::IntoResponse;
+    let message = inference_core::panic_message(&*panic);
+    tracing::error!(%message, "a request handler panicked");
+    crate::error::ApiError::Internal(format!("internal error: {message}")).into_response()
 }
 
 /// Counts, logs and labels a request's answer.
@@ -321,6 +351,70 @@ fn record(route: &str, method: &'static str, status: u16, model: &str, seconds: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
+    use http_body_util::BodyExt;
+
+    async fn detail_of(response: Response) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        body["detail"].as_str().unwrap_or_default().to_string()
+    }
+
+    fn edge_around<S>(inner: S) -> Edge<S> {
+        Edge {
+            inner,
+            api_keys: Arc::from([]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_while_polled_is_answered_500_with_a_detail() {
+        use tower::ServiceExt;
+        let panicking = tower::service_fn(|_request: Request| async move {
+            // Once pending first, so the panic comes from a later poll.
+            tokio::task::yield_now().await;
+            if true {
+                panic!("boom in the handler");
+            }
+            Ok::<Response, Infallible>(Response::default())
+        });
+        let response = edge_around(panicking)
+            .oneshot(Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().contains_key(&REQUEST_ID));
+        assert!(detail_of(response).await.contains("boom in the handler"));
+    }
+
+    /// A service whose `call` itself panics, before any future exists.
+    #[derive(Clone)]
+    struct PanicsOnCall;
+
+    impl Service<Request> for PanicsOnCall {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response, Infallible>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: Request) -> Self::Future {
+            panic!("boom in call")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_that_panics_in_call_is_answered_500_with_a_detail() {
+        use tower::ServiceExt;
+        let response = edge_around(PanicsOnCall)
+            .oneshot(Request::new(axum::body::Body::empty()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(detail_of(response).await.contains("boom in call"));
+    }
 
     #[test]
     fn standard_methods_are_labelled_by_name_and_any_other_as_other() {

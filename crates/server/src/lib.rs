@@ -27,8 +27,6 @@ pub mod ui;
 pub mod v2;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -39,7 +37,6 @@ pub use state::{AppState, StartupError};
 
 /// The application router with every endpoint and middleware.
 pub fn app(state: AppState) -> Router {
-    let body_limit = state.config().server.max_body_bytes;
     // Only inference is admission-controlled: probes and stats must answer under load.
     // Every route is declared through `routes!`, from its handler's `#[utoipa::path]`: the
     // route and its entry in the OpenAPI document are one declaration.
@@ -73,12 +70,10 @@ pub fn app(state: AppState) -> Router {
         .merge(openapi::docs(document))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        // A bug in a handler answers 500 with a detail instead of dropping the connection.
-        .layer(CatchPanicLayer::custom(panic_response))
-        // Outside every handler and the panic catcher: the request id, the key check (before
-        // any admission or body read, so a stranger costs nothing but this check), the v2
-        // error shape, the metrics and the log line, for every answer, refusals included.
+        // Outside every handler: the request id, the key check (before any admission or body
+        // read, so a stranger costs nothing but this check), the body limit, the panic
+        // catcher, the v2 error shape, the metrics and the log line, for every answer,
+        // refusals included.
         .layer(edge::EdgeLayer::new(&state));
     // Outermost: a browser's preflight carries no key and is answered here.
     let router = match auth::cors_layer(&state.config().server.cors_allowed_origins) {
@@ -189,23 +184,4 @@ async fn read_body(
         }
     }
     Ok((buffer.freeze(), permits))
-}
-
-fn panic_response(panic: Box<dyn std::any::Any + Send>) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let message = inference_core::panic_message(&*panic);
-    tracing::error!(%message, "a request handler panicked");
-    error::ApiError::Internal(format!("internal error: {message}")).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::http::StatusCode;
-
-    #[test]
-    fn a_handler_panic_becomes_a_500_with_a_detail() {
-        let response = panic_response(Box::new("boom"));
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    }
 }

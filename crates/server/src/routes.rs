@@ -11,7 +11,7 @@ use crate::responses::{
 use crate::state::{AppState, ModelHandle, ModelState};
 use axum::Json;
 use axum::extract::{FromRequest, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use inference_core::scheduler::{InferenceRequest, SchedulerStats};
 use inference_core::{Sample, Tensor};
@@ -103,15 +103,24 @@ impl Outcome {
 
     /// Adds the timing headers every inference response carries.
     fn with_headers(&self, body: impl IntoResponse) -> Response {
+        const QUEUE_TIME: HeaderName = HeaderName::from_static("x-queue-time");
+        const INFERENCE_TIME: HeaderName = HeaderName::from_static("x-inference-time");
+        const TOTAL_TIME: HeaderName = HeaderName::from_static("x-total-time");
         let mut response = body.into_response();
         let headers = response.headers_mut();
         for (name, ms) in [
-            ("x-queue-time", self.queue_ms),
-            ("x-inference-time", self.processing.inference_ms),
-            ("x-total-time", self.total_ms),
+            (QUEUE_TIME, self.queue_ms),
+            (INFERENCE_TIME, self.processing.inference_ms),
+            (TOTAL_TIME, self.total_ms),
         ] {
-            if let Ok(value) = HeaderValue::from_str(&format!("{ms:.3}")) {
-                headers.insert(name, value);
+            // Written in place: `format!` would allocate a string only to copy it again.
+            let mut text = [0u8; 32];
+            let mut cursor = std::io::Cursor::new(&mut text[..]);
+            if std::io::Write::write_fmt(&mut cursor, format_args!("{ms:.3}")).is_ok() {
+                let written = usize::try_from(cursor.position()).unwrap_or_default();
+                if let Ok(value) = HeaderValue::from_bytes(&text[..written]) {
+                    headers.insert(name, value);
+                }
             }
         }
         response
