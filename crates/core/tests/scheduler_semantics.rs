@@ -850,3 +850,42 @@ async fn submit_alone_after_shutdown_is_refused() {
     ));
     assert!(engine.batches().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn rows_queued_while_an_inline_batch_runs_wait_for_its_slot_and_batch_together() {
+    let engine = Arc::new(FakeEngine::new());
+    let scheduler = start(&engine, config(8));
+    engine.hold();
+    let alone = {
+        let scheduler = scheduler.clone();
+        tokio::spawn(async move { scheduler.submit_alone(request(&[1.0], 0)).await })
+    };
+    engine.wait_for_batches(1).await;
+    // The inline batch holds the engine's one slot: the worker leaves these queued.
+    let first = enqueue(&scheduler, request(&[2.0], 0)).await;
+    let second = enqueue(&scheduler, request(&[3.0], 0)).await;
+    engine.release();
+    assert_eq!(answer(alone).await.unwrap().engine_batch_sizes, vec![1]);
+    assert_eq!(answer(first).await.unwrap().engine_batch_sizes, vec![2]);
+    answer(second).await.unwrap();
+    assert_eq!(engine.batches(), vec![vec![1.0], vec![2.0, 3.0]]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_inline_batch_frees_its_slot_for_the_rows_queued_behind_it() {
+    let engine = Arc::new(FakeEngine::new());
+    let scheduler = start(&engine, config(8));
+    engine.hold();
+    let mut alone = Box::pin(scheduler.submit_alone(request(&[1.0], 0)));
+    assert!(poll_once(alone.as_mut()).await.is_pending());
+    let queued = enqueue(&scheduler, request(&[2.0], 0)).await;
+    drop(alone);
+    engine.release();
+    // Bounded: a worker left asleep would never answer.
+    let response = tokio::time::timeout(Duration::from_secs(60), answer(queued))
+        .await
+        .expect("the queued row runs once the inline batch is gone")
+        .unwrap();
+    assert_eq!(response.outputs, outputs_for(&[2.0]));
+    assert_eq!(scheduler.stats().cancelled, 1);
+}

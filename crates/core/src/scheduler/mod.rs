@@ -33,7 +33,7 @@ use crate::error::EngineError;
 use crate::model::{Batch, Sample};
 use crate::worker::panic_message;
 use observe::SchedulerMetrics;
-use queue::{Claimed, Queue};
+use queue::{Claim, Claimed, Queue};
 use stats::Counters;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -193,9 +193,9 @@ impl Scheduler {
     /// most of its latency (a wake, and often a second thread). Otherwise, or when the
     /// request has more rows than one batch holds, it is queued as by `submit`.
     ///
-    /// A batch run this way counts as a batch in the stats and metrics like any other,
-    /// and may overlap a worker's batch that was claimed after it started; the engine
-    /// bounds how many passes it runs at once.
+    /// A batch run this way counts as a batch in the stats and metrics like any other and
+    /// holds one of the `instances` engine slots while it runs: rows queued meanwhile wait
+    /// for a free slot, and so batch together, as they would behind a worker's batch.
     pub async fn submit_alone(
         &self,
         request: InferenceRequest,
@@ -463,7 +463,7 @@ impl Shared {
 
     /// Marks one inline batch as busy when the scheduler is idle: nothing queued, nothing
     /// claimed, nothing running, and the queue open.
-    fn claim_idle(&self) -> Option<Busy<'_>> {
+    fn claim_idle(&self) -> Option<InlineSlot<'_>> {
         let queue = lock(&self.queue);
         if queue.is_closed() || queue.rows() > 0 {
             return None;
@@ -471,7 +471,7 @@ impl Shared {
         self.busy
             .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
-        Some(Busy(&self.busy))
+        Some(InlineSlot(self))
     }
 
     /// Runs one request's rows as a batch on the caller's task and answers it; see
@@ -551,7 +551,15 @@ impl Shared {
             let (claim, closed, queue_empty) = {
                 let mut queue = lock(&self.queue);
                 let had_rows = !claimed.is_empty();
-                let claim = queue.claim(claimed, max_rows, now);
+                // An inline batch holds one of the engine slots: while every slot is taken,
+                // rows stay queued (and batch together) until one frees.
+                let slot_free =
+                    had_rows || self.busy.load(Ordering::Acquire) < self.config.instances;
+                let claim = if slot_free {
+                    queue.claim(claimed, max_rows, now)
+                } else {
+                    Claim::default()
+                };
                 if !had_rows && !claimed.is_empty() {
                     self.busy.fetch_add(1, Ordering::AcqRel);
                 }
@@ -812,6 +820,19 @@ struct Busy<'a>(&'a AtomicUsize);
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The count in [`Shared::busy`] of an inline batch. Given back when dropped (also when
+/// the caller stops waiting), with a wake for a worker that left rows queued because
+/// every engine slot was taken. (A worker's own slot needs no wake: the worker that
+/// frees it claims next.)
+struct InlineSlot<'a>(&'a Shared);
+
+impl Drop for InlineSlot<'_> {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+        self.0.rows_available.notify_waiters();
     }
 }
 
