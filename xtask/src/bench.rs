@@ -43,7 +43,7 @@ struct HttpArgs {
     /// [example default: candle].
     #[arg(long)]
     backend: Option<String>,
-    /// Folder for `http.json` and `http.md` [example default: target/bench].
+    /// Folder for `http.json`, `http.md` and `http.svg` [example default: target/bench].
     #[arg(long, value_name = "DIR")]
     out: Option<std::path::PathBuf>,
     /// Another build of the server, measured in every cell beside this one (before and

@@ -7,11 +7,12 @@
 //! Also measured: the engine's own batch-1 forward pass in-process, so that server overhead
 //! = served p50 at concurrency 1 minus engine p50; and start to ready and idle memory.
 //!
-//! Writes `http.json` and `http.md` to `--out` (default `target/bench`).
+//! Writes `http.json`, `http.md` and `http.svg` (requests/s by concurrency) to `--out`
+//! (default `target/bench`).
 
 mod support;
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
 use base64::Engine as _;
 use clap::Parser;
 use inference_core::{Batch, EngineOptions, ModelManifest, Sample};
@@ -40,7 +41,7 @@ struct Args {
     /// The `oha` binary.
     #[arg(long, default_value = "oha")]
     oha: PathBuf,
-    /// Folder for `http.json` and `http.md`.
+    /// Folder for `http.json`, `http.md` and `http.svg`.
     #[arg(long, value_name = "DIR", default_value = "target/bench")]
     out: PathBuf,
     /// Another build of the server, measured in every cell beside this one (before and
@@ -293,7 +294,8 @@ async fn main() -> Result<()> {
         serde_json::to_string_pretty(&report)?,
     )?;
     std::fs::write(args.out.join("http.md"), markdown)?;
-    eprintln!("wrote {}", args.out.join("http.{json,md}").display());
+    std::fs::write(args.out.join("http.svg"), chart(&report, &scenarios)?)?;
+    eprintln!("wrote {}", args.out.join("http.{json,md,svg}").display());
     Ok(())
 }
 
@@ -451,3 +453,111 @@ fn render(report: &Report, scenarios: &[Scenario]) -> String {
     }
     out
 }
+
+/// Requests/s by concurrency, one line per route (solid: the server; dashed, same colour:
+/// the floor on the same route), on log scales so the small model and ResNet-18 share it.
+fn chart(report: &Report, scenarios: &[Scenario]) -> Result<String> {
+    use plotters::element::DashedPathElement;
+    use plotters::prelude::*;
+
+    let mut concurrencies: Vec<f64> = report.rows.iter().map(|r| r.concurrency as f64).collect();
+    concurrencies.sort_by(f64::total_cmp);
+    concurrencies.dedup();
+    let rates = report.rows.iter().flat_map(|r| {
+        std::iter::once(r.server.requests_per_s).chain(r.floor.as_ref().map(|f| f.requests_per_s))
+    });
+    let (low, high) = rates
+        .filter(|rate| *rate > 0.0)
+        .fold((f64::INFINITY, 0.0_f64), |(low, high), rate| {
+            (low.min(rate), high.max(rate))
+        });
+    if concurrencies.is_empty() || high <= 0.0 {
+        bail!("no measurements to chart");
+    }
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (760, 480)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let x_range = (concurrencies[0] / 1.5)..(concurrencies[concurrencies.len() - 1] * 1.5);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!(
+                    "{}: requests/s by concurrency (oha, keep-alive)",
+                    report.backend
+                ),
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(
+                x_range.log_scale().with_key_points(concurrencies.clone()),
+                ((low / 2.0)..(high * 2.0)).log_scale(),
+            )?;
+        chart
+            .configure_mesh()
+            .x_desc("concurrent connections")
+            .y_desc("requests/s")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .draw()?;
+        for (index, scenario) in scenarios.iter().enumerate() {
+            let rows: Vec<&Row> = report
+                .rows
+                .iter()
+                .filter(|r| r.scenario == scenario.name)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let color = LINE_COLORS[index % LINE_COLORS.len()].to_rgba();
+            let style = color.stroke_width(2);
+            let served: Vec<(f64, f64)> = rows
+                .iter()
+                .map(|r| (r.concurrency as f64, r.server.requests_per_s))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(served.clone(), style))?
+                .label(scenario.name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            chart.draw_series(served.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+            let floor: Vec<(f64, f64)> = rows
+                .iter()
+                .filter_map(|r| {
+                    r.floor
+                        .as_ref()
+                        .map(|f| (r.concurrency as f64, f.requests_per_s))
+                })
+                .collect();
+            if !floor.is_empty() {
+                chart
+                    .draw_series(DashedLineSeries::new(floor, 6, 4, style))?
+                    .label(format!("{} (floor)", scenario.name))
+                    .legend(move |(x, y)| {
+                        DashedPathElement::new(vec![(x, y), (x + 20, y)], 6, 4, style)
+                    });
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::MiddleRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        root.present()?;
+    }
+    if svg.is_empty() {
+        bail!("plotters wrote no SVG");
+    }
+    Ok(svg)
+}
+
+/// Line colours, one per route (matplotlib's first six: readable on white).
+const LINE_COLORS: [plotters::style::RGBColor; 6] = [
+    plotters::style::RGBColor(0x1f, 0x77, 0xb4),
+    plotters::style::RGBColor(0xd6, 0x27, 0x28),
+    plotters::style::RGBColor(0x2c, 0xa0, 0x2c),
+    plotters::style::RGBColor(0xff, 0x7f, 0x0e),
+    plotters::style::RGBColor(0x94, 0x67, 0xbd),
+    plotters::style::RGBColor(0x8c, 0x56, 0x4b),
+];
