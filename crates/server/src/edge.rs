@@ -232,7 +232,8 @@ fn finish(meta: Meta, model: Option<String>, mut response: Response) -> Response
         method = %meta.method,
         route = route.or(meta.unmatched_path.as_deref()).unwrap_or_default(),
         status,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        // Rounded to the microsecond: the unrounded float prints as 0.15562299999999998.
+        latency_ms = crate::routes::millis(elapsed),
         request_id = meta.request_id.to_str().unwrap_or_default(),
         "request"
     );

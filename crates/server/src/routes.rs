@@ -128,7 +128,7 @@ impl Outcome {
 }
 
 /// Milliseconds, rounded to the microsecond the clocks can honestly claim.
-fn millis(duration: Duration) -> f64 {
+pub(crate) fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 

@@ -315,6 +315,9 @@ async fn json_logs_carry_one_line_per_request_with_its_fields() {
     assert_eq!(record["method"], "POST");
     assert_eq!(record["route"], "/predict");
     assert_eq!(record["status"], 200);
-    assert!(record["latency_ms"].as_f64().unwrap() >= 0.0);
+    let latency_ms = record["latency_ms"].as_f64().unwrap();
+    assert!(latency_ms >= 0.0);
+    // Whole microseconds, not the float's every digit.
+    assert_eq!((latency_ms * 1000.0).round() / 1000.0, latency_ms, "{line}");
     assert_eq!(record["request_id"], "e2e-log-check");
 }
