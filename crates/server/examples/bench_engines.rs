@@ -17,6 +17,8 @@
 //! longer. Passes run one after another on seeded random inputs, each timed from `infer` to
 //! its answer.
 
+mod support;
+
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -655,26 +657,17 @@ fn chart(report: &Report) -> Result<String> {
             let (low, high) = cells.fold((f64::INFINITY, 0.0_f64), |(low, high), c| {
                 (low.min(c.samples_per_s), high.max(c.samples_per_s))
             });
-            let x_range = (sizes[0] / 1.5)..(sizes[sizes.len() - 1] * 1.5);
-            let mut chart = ChartBuilder::on(area)
-                .caption(
-                    format!("{model}: samples/s by batch size"),
-                    ("sans-serif", 18),
-                )
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(70)
-                .build_cartesian_2d(
-                    x_range.log_scale().with_key_points(sizes.clone()),
-                    ((low / 2.0)..(high * 2.0)).log_scale(),
-                )?;
-            chart
-                .configure_mesh()
-                .x_desc("batch size (rows per pass)")
-                .y_desc("samples/s (rows / measured time)")
-                .x_label_formatter(&|v| format!("{v:.0}"))
-                .y_label_formatter(&|v| compact(*v))
-                .draw()?;
+            let mut chart = support::chart::log_log(
+                area,
+                &support::chart::Axes {
+                    caption: format!("{model}: samples/s by batch size"),
+                    x_points: sizes,
+                    y_extent: (low, high),
+                    x_desc: "batch size (rows per pass)",
+                    y_desc: "samples/s (rows / measured time)",
+                    y_label: &|v| compact(*v),
+                },
+            )?;
             for group in groups {
                 if group.cells.is_empty() {
                     continue;
@@ -683,7 +676,8 @@ fn chart(report: &Report) -> Result<String> {
                     .iter()
                     .position(|b| *b == group.backend)
                     .unwrap_or(0);
-                let color = LINE_COLORS[index % LINE_COLORS.len()].to_rgba();
+                let color = support::chart::LINE_COLORS[index % support::chart::LINE_COLORS.len()]
+                    .to_rgba();
                 let style = color.stroke_width(2);
                 let points: Vec<(f64, f64)> = group
                     .cells
@@ -712,12 +706,7 @@ fn chart(report: &Report) -> Result<String> {
                         .map(|&point| Circle::new(point, 3, color.filled())),
                 )?;
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::LowerRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()?;
+            support::chart::legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         }
         root.present()?;
     }
@@ -726,15 +715,6 @@ fn chart(report: &Report) -> Result<String> {
     }
     Ok(svg)
 }
-
-/// Line colours, one per backend (matplotlib's first five: readable on white).
-const LINE_COLORS: [plotters::style::RGBColor; 5] = [
-    plotters::style::RGBColor(0x1f, 0x77, 0xb4),
-    plotters::style::RGBColor(0xd6, 0x27, 0x28),
-    plotters::style::RGBColor(0x2c, 0xa0, 0x2c),
-    plotters::style::RGBColor(0xff, 0x7f, 0x0e),
-    plotters::style::RGBColor(0x94, 0x67, 0xbd),
-];
 
 fn threads_label(n: usize) -> String {
     if n == 1 {

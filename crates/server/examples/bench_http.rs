@@ -478,29 +478,20 @@ fn chart(report: &Report, scenarios: &[Scenario]) -> Result<String> {
     {
         let root = SVGBackend::with_string(&mut svg, (760, 480)).into_drawing_area();
         root.fill(&WHITE)?;
-        let x_range = (concurrencies[0] / 1.5)..(concurrencies[concurrencies.len() - 1] * 1.5);
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!(
+        let mut chart = support::chart::log_log(
+            &root,
+            &support::chart::Axes {
+                caption: format!(
                     "{}: requests/s by concurrency (oha, keep-alive)",
                     report.backend
                 ),
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(
-                x_range.log_scale().with_key_points(concurrencies.clone()),
-                ((low / 2.0)..(high * 2.0)).log_scale(),
-            )?;
-        chart
-            .configure_mesh()
-            .x_desc("concurrent connections")
-            .y_desc("requests/s")
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| format!("{v:.0}"))
-            .draw()?;
+                x_points: concurrencies,
+                y_extent: (low, high),
+                x_desc: "concurrent connections",
+                y_desc: "requests/s",
+                y_label: &|v| format!("{v:.0}"),
+            },
+        )?;
         for (index, scenario) in scenarios.iter().enumerate() {
             let rows: Vec<&Row> = report
                 .rows
@@ -510,7 +501,8 @@ fn chart(report: &Report, scenarios: &[Scenario]) -> Result<String> {
             if rows.is_empty() {
                 continue;
             }
-            let color = LINE_COLORS[index % LINE_COLORS.len()].to_rgba();
+            let color =
+                support::chart::LINE_COLORS[index % support::chart::LINE_COLORS.len()].to_rgba();
             let style = color.stroke_width(2);
             let served: Vec<(f64, f64)> = rows
                 .iter()
@@ -538,12 +530,7 @@ fn chart(report: &Report, scenarios: &[Scenario]) -> Result<String> {
                     });
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::MiddleRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        support::chart::legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
         root.present()?;
     }
     if svg.is_empty() {
@@ -551,13 +538,3 @@ fn chart(report: &Report, scenarios: &[Scenario]) -> Result<String> {
     }
     Ok(svg)
 }
-
-/// Line colours, one per route (matplotlib's first six: readable on white).
-const LINE_COLORS: [plotters::style::RGBColor; 6] = [
-    plotters::style::RGBColor(0x1f, 0x77, 0xb4),
-    plotters::style::RGBColor(0xd6, 0x27, 0x28),
-    plotters::style::RGBColor(0x2c, 0xa0, 0x2c),
-    plotters::style::RGBColor(0xff, 0x7f, 0x0e),
-    plotters::style::RGBColor(0x94, 0x67, 0xbd),
-    plotters::style::RGBColor(0x8c, 0x56, 0x4b),
-];

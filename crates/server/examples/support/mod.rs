@@ -1,6 +1,9 @@
-//! What the HTTP load examples share: the release server binary as a child process.
+//! What the benchmark examples share: the release server binary as a child process, and
+//! the charts' axes and colours (`chart`).
 // Each example uses part of it.
 #![allow(dead_code)]
+
+pub(crate) mod chart;
 
 use anyhow::{Context, Result, bail, ensure};
 use std::path::{Path, PathBuf};
