@@ -227,15 +227,12 @@ fn finish(meta: Meta, model: Option<String>, mut response: Response) -> Response
         model.as_deref().unwrap_or_default(),
         elapsed.as_secs_f64(),
     );
-    tracing::info!(
-        target: "inference_server::request",
-        method = %meta.method,
-        route = route.or(meta.unmatched_path.as_deref()).unwrap_or_default(),
+    log_request(
+        &meta.method,
+        route.or(meta.unmatched_path.as_deref()).unwrap_or_default(),
         status,
-        // Rounded to the microsecond: the unrounded float prints as 0.15562299999999998.
-        latency_ms = crate::routes::millis(elapsed),
-        request_id = meta.request_id.to_str().unwrap_or_default(),
-        "request"
+        elapsed,
+        meta.request_id.to_str().unwrap_or_default(),
     );
     response
         .headers_mut()
@@ -243,6 +240,29 @@ fn finish(meta: Meta, model: Option<String>, mut response: Response) -> Response
         .or_insert(meta.request_id);
     drop(meta.in_flight);
     response
+}
+
+/// The target of the one log line per request.
+pub(crate) const REQUEST_LOG_TARGET: &str = "inference_server::request";
+
+/// The one log line per request.
+pub(crate) fn log_request(
+    method: &Method,
+    route: &str,
+    status: u16,
+    elapsed: std::time::Duration,
+    request_id: &str,
+) {
+    tracing::info!(
+        target: REQUEST_LOG_TARGET,
+        method = %method,
+        route,
+        status,
+        // Rounded to the microsecond: the unrounded float prints as 0.15562299999999998.
+        latency_ms = crate::routes::millis(elapsed),
+        request_id,
+        "request"
+    );
 }
 
 /// Requests between the edge and their answer, on every route; the gauge's value, kept

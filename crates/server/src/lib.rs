@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod backends;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod edge;
