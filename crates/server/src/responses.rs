@@ -61,6 +61,23 @@ pub struct PredictResponse {
     pub metadata: Metadata,
 }
 
+/// A [`PredictResponse`] as it is written: borrowed, with `model_info` and `metadata`
+/// serialized once per model (`crate::state::ConstantParts`). A test checks that both
+/// write the same text, so the documented type stays the truth.
+#[derive(Serialize)]
+pub(crate) struct PredictBody<'a> {
+    pub success: bool,
+    pub result: &'a Prediction,
+    pub prediction: &'a Prediction,
+    pub model_name: &'a str,
+    pub inference_time_ms: f64,
+    pub processing_time: ProcessingTime,
+    pub timestamp: &'a str,
+    pub request_id: &'a str,
+    pub model_info: &'a serde_json::value::RawValue,
+    pub metadata: &'a serde_json::value::RawValue,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BatchPredictResponse {
     pub success: bool,

@@ -6,7 +6,7 @@ use crate::image_input;
 use crate::processing::Preprocess;
 use crate::responses::{
     BatchInfo, BatchPredictResponse, ExampleBatchInner, ExampleBatchResponse, ExampleSimpleInner,
-    ExampleSimpleResponse, Metadata, ModelInfo, PredictResponse, ProcessingTime,
+    ExampleSimpleResponse, Metadata, ModelInfo, PredictBody, PredictResponse, ProcessingTime,
 };
 use crate::state::{AppState, ModelHandle, ModelState};
 use axum::Json;
@@ -326,8 +326,9 @@ async fn infer_one_decoded(
             }
             other => other,
         })?;
+    let mut outcome = outcome;
     let prediction = outcome.predictions[0]
-        .clone()
+        .take()
         .ok_or_else(|| ApiError::Internal("the sample produced no output".into()))?;
     Ok((outcome, prediction))
 }
@@ -363,21 +364,29 @@ fn priority_of(state: &AppState, priority: i32) -> Result<i32, ApiError> {
 }
 
 fn request_id(headers: &HeaderMap) -> String {
+    request_id_str(headers).to_string()
+}
+
+/// The request's id, set by `crate::edge` on every request.
+fn request_id_str(headers: &HeaderMap) -> &str {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
         .unwrap_or_default()
 }
 
 /// ISO 8601 UTC with milliseconds, e.g. `2025-08-14T10:30:00.000Z`.
 pub fn timestamp() -> String {
-    // Not `format`: it parses its pattern anew on every call.
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    let mut text = String::with_capacity("2025-08-14T10:30:00.000Z".len());
+    crate::clock::push_now(&mut text, crate::clock::Fraction::Millis);
+    text
 }
 
 fn model_info(model: &ModelHandle) -> ModelInfo {
-    let info = model.info();
+    model_info_of(model.info())
+}
+
+pub(crate) fn model_info_of(info: &inference_core::EngineInfo) -> ModelInfo {
     ModelInfo {
         model: info.model.name.clone(),
         backend: info.backend.clone(),
@@ -387,7 +396,10 @@ fn model_info(model: &ModelHandle) -> ModelInfo {
 
 /// Per-sample shapes; `batch` prepends the batch dimension.
 fn metadata(model: &ModelHandle, batch: Option<usize>) -> Metadata {
-    let info = model.info();
+    metadata_of(model.info(), batch)
+}
+
+pub(crate) fn metadata_of(info: &inference_core::EngineInfo, batch: Option<usize>) -> Metadata {
     let shape = |specs: &[inference_core::TensorSpec]| -> Vec<i64> {
         let per_sample = specs.first().map(|s| s.shape.clone()).unwrap_or_default();
         batch
@@ -436,25 +448,45 @@ pub async fn predict(
     Ok(predict_response(&model, &headers, outcome, prediction))
 }
 
+/// A [`PredictResponse`], written from borrowed parts and the model's pre-serialized ones
+/// (the answer of every single-sample route, so the one most worth not copying).
 fn predict_response(
     model: &ModelHandle,
     headers: &HeaderMap,
     outcome: Outcome,
     prediction: Prediction,
 ) -> Response {
-    let body = PredictResponse {
+    let constant = model.constant_parts();
+    let body = PredictBody {
         success: true,
-        result: prediction.clone(),
-        prediction,
-        model_name: model.info().model.name.clone(),
+        result: &prediction,
+        prediction: &prediction,
+        model_name: &model.info().model.name,
         inference_time_ms: outcome.total_ms,
         processing_time: outcome.processing,
-        timestamp: timestamp(),
-        request_id: request_id(headers),
-        model_info: model_info(model),
-        metadata: metadata(model, None),
+        timestamp: &timestamp(),
+        request_id: request_id_str(headers),
+        model_info: &constant.model_info,
+        metadata: &constant.metadata,
     };
-    outcome.with_headers(Json(body))
+    outcome.with_headers(json_response(&body))
+}
+
+/// A 200 with `body` as JSON, written straight into a buffer that fits a typical answer
+/// (axum's `Json` starts smaller and regrows as it writes).
+fn json_response(body: &impl serde::Serialize) -> Response {
+    let mut bytes = Vec::with_capacity(1024);
+    match serde_json::to_writer(&mut bytes, body) {
+        Ok(()) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(err) => ApiError::Internal(format!("cannot write the response: {err}")).into_response(),
+    }
 }
 
 /// `POST /models/{name}/predict`: one sample for the named model, as a JSON body like
@@ -1143,6 +1175,48 @@ mod tests {
         assert!(timeout_of(Some(0.0)).is_err());
         assert!(timeout_of(Some(-1.0)).is_err());
         assert!(timeout_of(Some(1e30)).is_err());
+    }
+
+    #[test]
+    fn the_written_prediction_reads_as_the_documented_response() {
+        use inference_core::InferenceEngine;
+        let engine = inference_core::testing::FakeEngine::new();
+        let info = engine.info();
+        let constant = crate::state::ConstantParts::of(info);
+        let output = Tensor::from_f32(vec![2], vec![0.5, 0.25]).unwrap();
+        let prediction = Prediction::new(&info.model, Sample::new(vec![output]));
+        let processing = ProcessingTime {
+            preprocessing_ms: 0.01,
+            inference_ms: 0.2,
+            postprocessing_ms: 0.003,
+        };
+        let written = PredictBody {
+            success: true,
+            result: &prediction,
+            prediction: &prediction,
+            model_name: &info.model.name,
+            inference_time_ms: 0.25,
+            processing_time: processing,
+            timestamp: "2026-12-06T00:45:37.123Z",
+            request_id: "id-1",
+            model_info: &constant.model_info,
+            metadata: &constant.metadata,
+        };
+        let documented = PredictResponse {
+            success: true,
+            result: prediction.clone(),
+            prediction: prediction.clone(),
+            model_name: info.model.name.clone(),
+            inference_time_ms: 0.25,
+            processing_time: processing,
+            timestamp: "2026-12-06T00:45:37.123Z".into(),
+            request_id: "id-1".into(),
+            model_info: model_info_of(info),
+            metadata: metadata_of(info, None),
+        };
+        let written = String::from_utf8(serde_json::to_vec(&written).unwrap()).unwrap();
+        let documented = serde_json::to_string(&documented).unwrap();
+        assert_eq!(written, documented);
     }
 
     #[test]

@@ -27,11 +27,38 @@ pub struct ModelHandle {
     pub description: String,
     /// The cached forward-pass probe `/health` reports.
     pub probe: Arc<Probe>,
+    /// Made on first use: see [`ModelHandle::constant_parts`].
+    pub constant: std::sync::OnceLock<ConstantParts>,
+}
+
+/// The parts of a single prediction's answer that are the same for every one of a model,
+/// serialized once.
+#[derive(Debug)]
+pub struct ConstantParts {
+    pub model_info: Box<serde_json::value::RawValue>,
+    pub metadata: Box<serde_json::value::RawValue>,
+}
+
+impl ConstantParts {
+    pub fn of(info: &EngineInfo) -> Self {
+        let model_info = crate::routes::model_info_of(info);
+        let metadata = crate::routes::metadata_of(info, None);
+        Self {
+            model_info: serde_json::value::to_raw_value(&model_info).expect("strings serialize"),
+            metadata: serde_json::value::to_raw_value(&metadata)
+                .expect("strings and numbers serialize"),
+        }
+    }
 }
 
 impl ModelHandle {
     pub fn info(&self) -> &EngineInfo {
         self.scheduler.engine().info()
+    }
+
+    /// `model_info` and `metadata` of a single prediction.
+    pub fn constant_parts(&self) -> &ConstantParts {
+        self.constant.get_or_init(|| ConstantParts::of(self.info()))
     }
 
     /// Why this loaded model cannot serve now, if so: none of its instances is live and
@@ -124,6 +151,7 @@ impl AppState {
                     version,
                     description: String::new(),
                     probe: Arc::default(),
+                    constant: std::sync::OnceLock::new(),
                 };
                 let entry = ModelEntry {
                     name: name.clone(),
@@ -538,6 +566,7 @@ async fn load_model(config: &Config, manifest: ModelManifest) -> Result<ModelHan
         version,
         description,
         probe: Arc::new(probe),
+        constant: std::sync::OnceLock::new(),
     })
 }
 
