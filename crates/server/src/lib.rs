@@ -13,6 +13,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod image_input;
+pub mod log_writer;
 pub mod metrics;
 pub mod openapi;
 pub mod probe;

@@ -2,13 +2,13 @@
 //! request is written by `crate::edge`.
 
 use crate::config::LogConfig;
+use crate::log_writer::{Batching, Flusher, LineWriter};
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::{Format, Full, Writer};
 use tracing_subscriber::fmt::time::SystemTime;
@@ -16,17 +16,20 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// Installs the global subscriber; `RUST_LOG` wins over the configured filter. Lines go
-/// to stderr from a thread of their own, so a request never waits on a write: under load
-/// that thread writes many lines per system call; call [`finish`] before the process
-/// exits, or the lines still queued are lost. A second call (tests start several servers in one process)
-/// keeps the first subscriber.
+/// to stderr in batches from a thread of their own (`crate::log_writer`), so a request
+/// never waits on a write; call [`finish`] before the process exits, or the lines still
+/// waiting are lost. A second call (tests start several servers in one process) keeps the
+/// first subscriber.
 pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.filter.as_str()));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        // A full queue slows the logging threads down rather than losing lines.
-        .lossy(false)
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = match LineWriter::new(Box::new(std::io::stderr()), Batching::default()) {
+        Ok(started) => started,
+        Err(err) => {
+            eprintln!("error: cannot start the log's writer thread: {err}");
+            return;
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colour codes only help a person at a terminal; in files and collectors they are noise.
@@ -42,15 +45,16 @@ pub fn init(config: &LogConfig) {
     }
 }
 
-/// Writes every queued line and stops the log thread; later lines are dropped.
+/// Writes every waiting line and stops the log thread; later lines are written by the
+/// thread that logs them.
 pub fn finish() {
     drop(lock_writer().take());
 }
 
 /// The log thread's handle: dropping it writes what is queued and joins the thread.
-static LOG_WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
+static LOG_WRITER: Mutex<Option<Flusher>> = Mutex::new(None);
 
-fn lock_writer() -> std::sync::MutexGuard<'static, Option<WorkerGuard>> {
+fn lock_writer() -> std::sync::MutexGuard<'static, Option<Flusher>> {
     LOG_WRITER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
