@@ -363,16 +363,35 @@ fn priority_of(state: &AppState, priority: i32) -> Result<i32, ApiError> {
     }
 }
 
-fn request_id(headers: &HeaderMap) -> String {
-    request_id_str(headers).to_string()
+/// The request's id, which `crate::edge` sets on every request: an extractor that copies
+/// only it (a `HeaderMap` extractor copies every header, and its table, per request).
+#[derive(Debug, Clone)]
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    fn of(headers: &HeaderMap) -> Self {
+        Self(
+            headers
+                .get("x-request-id")
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("")),
+        )
+    }
+
+    fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
 }
 
-/// The request's id, set by `crate::edge` on every request.
-fn request_id_str(headers: &HeaderMap) -> &str {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(&parts.headers))
+    }
 }
 
 /// ISO 8601 UTC with milliseconds, e.g. `2025-08-14T10:30:00.000Z`.
@@ -438,21 +457,21 @@ pub(crate) fn metadata_of(info: &inference_core::EngineInfo, batch: Option<usize
 )]
 pub async fn predict(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    request_id: RequestId,
     JsonBody(body): JsonBody<PredictRequest>,
 ) -> Result<Response, ApiError> {
     let model = state.model(body.model.as_deref())?;
     let timeout = timeout_of(body.timeout)?;
     let priority = priority_of(&state, body.priority)?;
     let (outcome, prediction) = infer_one(&model, body.inputs, priority, timeout).await?;
-    Ok(predict_response(&model, &headers, outcome, prediction))
+    Ok(predict_response(&model, &request_id, outcome, prediction))
 }
 
 /// A [`PredictResponse`], written from borrowed parts and the model's pre-serialized ones
 /// (the answer of every single-sample route, so the one most worth not copying).
 fn predict_response(
     model: &ModelHandle,
-    headers: &HeaderMap,
+    request_id: &RequestId,
     outcome: Outcome,
     prediction: Prediction,
 ) -> Response {
@@ -465,7 +484,7 @@ fn predict_response(
         inference_time_ms: outcome.total_ms,
         processing_time: outcome.processing,
         timestamp: &timestamp(),
-        request_id: request_id_str(headers),
+        request_id: request_id.as_str(),
         model_info: &constant.model_info,
         metadata: &constant.metadata,
     };
@@ -509,11 +528,12 @@ fn json_response(body: &impl serde::Serialize) -> Response {
 pub async fn model_predict(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
-    headers: HeaderMap,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let model = state.model(Some(&name))?;
-    let content_type = headers
+    let request_id = RequestId::of(request.headers());
+    let content_type = request
+        .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
@@ -542,7 +562,7 @@ pub async fn model_predict(
                 .map_err(|e| ApiError::Internal(format!("image decoding failed: {e}")))?;
         let (outcome, prediction) =
             infer_one_decoded(&model, vec![sample], 0, None, started).await?;
-        return Ok(predict_response(&model, &headers, outcome, prediction));
+        return Ok(predict_response(&model, &request_id, outcome, prediction));
     }
     let JsonBody(body) = JsonBody::<PredictRequest>::from_request(request, &state).await?;
     if body.model.as_deref().is_some_and(|m| m != name) {
@@ -554,7 +574,7 @@ pub async fn model_predict(
     let timeout = timeout_of(body.timeout)?;
     let priority = priority_of(&state, body.priority)?;
     let (outcome, prediction) = infer_one(&model, body.inputs, priority, timeout).await?;
-    Ok(predict_response(&model, &headers, outcome, prediction))
+    Ok(predict_response(&model, &request_id, outcome, prediction))
 }
 
 /// `POST /predict/batch`: many samples; a bad one fails only itself.
@@ -570,11 +590,11 @@ pub async fn model_predict(
 )]
 pub async fn predict_batch(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    request_id: RequestId,
     JsonBody(body): JsonBody<PredictRequest>,
 ) -> Result<Response, ApiError> {
     let model = state.model(body.model.as_deref())?;
-    batch_response(&state, &model, &headers, body).await
+    batch_response(&state, &model, &request_id, body).await
 }
 
 /// `POST /models/{name}/predict/batch`: `/predict/batch` for the named model.
@@ -592,7 +612,7 @@ pub async fn predict_batch(
 pub async fn model_predict_batch(
     State(state): State<AppState>,
     PathParams(name): PathParams<String>,
-    headers: HeaderMap,
+    request_id: RequestId,
     JsonBody(body): JsonBody<PredictRequest>,
 ) -> Result<Response, ApiError> {
     if body.model.as_deref().is_some_and(|m| m != name) {
@@ -602,13 +622,13 @@ pub async fn model_predict_batch(
         )));
     }
     let model = state.model(Some(&name))?;
-    batch_response(&state, &model, &headers, body).await
+    batch_response(&state, &model, &request_id, body).await
 }
 
 async fn batch_response(
     state: &AppState,
     model: &ModelHandle,
-    headers: &HeaderMap,
+    request_id: &RequestId,
     body: PredictRequest,
 ) -> Result<Response, ApiError> {
     let timeout = timeout_of(body.timeout)?;
@@ -645,7 +665,7 @@ async fn batch_response(
         inference_time_ms: outcome.total_ms,
         processing_time: outcome.processing,
         timestamp: timestamp(),
-        request_id: request_id(headers),
+        request_id: request_id.as_str().to_string(),
         batch_info,
         model_info: model_info(model),
         metadata: meta,
@@ -665,7 +685,7 @@ async fn batch_response(
         crate::openapi::SeedInferenceRefusals,
     )
 )]
-pub async fn example_batch(State(state): State<AppState>, headers: HeaderMap) -> Response {
+pub async fn example_batch(State(state): State<AppState>, request_id: RequestId) -> Response {
     let model = match state.default_model() {
         Ok(model) => model,
         Err(err) => return err.into_response(),
@@ -705,7 +725,7 @@ pub async fn example_batch(State(state): State<AppState>, headers: HeaderMap) ->
             model_name: model.info().model.name.clone(),
             inference_time_ms: outcome.total_ms,
             timestamp: timestamp(),
-            request_id: request_id(&headers),
+            request_id: request_id.as_str().to_string(),
             batch_info,
             metadata: meta,
             warnings: outcome.warnings(),
@@ -727,7 +747,7 @@ pub async fn example_batch(State(state): State<AppState>, headers: HeaderMap) ->
 )]
 pub async fn example_simple(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    request_id: RequestId,
     JsonBody(body): JsonBody<SimpleExampleRequest>,
 ) -> Result<Response, ApiError> {
     let model = state.default_model()?;
@@ -746,7 +766,7 @@ pub async fn example_simple(
             model_name: model.info().model.name.clone(),
             inference_time_ms: outcome.total_ms,
             timestamp: timestamp(),
-            request_id: request_id(&headers),
+            request_id: request_id.as_str().to_string(),
             metadata: meta,
         },
     };
