@@ -16,7 +16,7 @@ use crate::state::AppState;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::Response;
-use metrics::{Counter, Gauge, Histogram};
+use metrics::{Counter, Histogram};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -277,22 +277,25 @@ pub fn handling_one_request() -> bool {
     IN_PROGRESS.load(Ordering::Acquire) == 1 && crate::serve::open_connections() <= 1
 }
 
-/// One request in `http_requests_in_flight`, also when its future is dropped unanswered.
-struct InFlight(Gauge);
+/// Requests in progress in the process: `http_requests_in_flight`, which a scrape reads
+/// (`crate::metrics`) rather than every request updating a gauge shared by every thread.
+pub fn requests_in_progress() -> usize {
+    IN_PROGRESS.load(Ordering::Acquire)
+}
+
+/// One request in [`IN_PROGRESS`], also when its future is dropped unanswered.
+struct InFlight;
 
 impl InFlight {
     fn enter() -> Self {
         IN_PROGRESS.fetch_add(1, Ordering::AcqRel);
-        let gauge = IN_FLIGHT.with(|gauge| gauge.clone());
-        gauge.increment(1.0);
-        Self(gauge)
+        Self
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         IN_PROGRESS.fetch_sub(1, Ordering::AcqRel);
-        self.0.decrement(1.0);
     }
 }
 
@@ -331,7 +334,6 @@ struct Series {
 type SeriesHasher = BuildHasherDefault<DefaultHasher>;
 
 thread_local! {
-    static IN_FLIGHT: Gauge = metrics::gauge!("http_requests_in_flight");
     /// The handles of the series seen on this thread, by a hash of their labels: looking a
     /// series up in the recorder builds its labels and key anew on every request.
     static SERIES: RefCell<HashMap<u64, Vec<Series>>> = RefCell::new(HashMap::new());

@@ -163,8 +163,10 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     response
 }
 
-/// Sets the gauges that read the state: each model's state, its queue, the process's RSS.
+/// Sets the gauges that read the state: each model's state, its queue, the process's RSS,
+/// the requests in progress.
 fn record_readings(state: &AppState) {
+    metrics::gauge!("http_requests_in_flight").set(crate::edge::requests_in_progress() as f64);
     for entry in state.entries() {
         for (model_state, label) in &STATES {
             let value = if entry.state == *model_state {
