@@ -316,7 +316,7 @@ async fn infer_one_decoded(
     timeout: Option<Duration>,
     started: Instant,
 ) -> Result<(Outcome, Prediction), ApiError> {
-    let outcome = infer_decoded(model, decoded, priority, timeout, started)
+    let mut outcome = infer_decoded(model, decoded, priority, timeout, started)
         .await
         .map_err(|err| match err {
             ApiError::UnprocessableList(mut reasons) if reasons.len() == 1 => {
@@ -326,7 +326,6 @@ async fn infer_one_decoded(
             }
             other => other,
         })?;
-    let mut outcome = outcome;
     let prediction = outcome.predictions[0]
         .take()
         .ok_or_else(|| ApiError::Internal("the sample produced no output".into()))?;
