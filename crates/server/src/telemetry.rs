@@ -62,9 +62,9 @@ fn lock_writer() -> std::sync::MutexGuard<'static, Option<Flusher>> {
 
 /// tracing-subscriber's default text lines, with a faster path for the one line per request
 /// (`crate::edge`), which is most of what a busy server logs: through the general formatter
-/// that line cost about a fifth of a small model's request path, most of it in generic
-/// `Debug` formatting, colour styles that end up empty, and the calendar arithmetic of each
-/// timestamp. The fast path writes the same text (a test compares the two) and gives way to
+/// that line cost 3 to 7 µs of the 28 to 32 µs of CPU a small model's request took, much of
+/// it in generic `Debug` formatting, colour styles that end up empty, and the calendar
+/// arithmetic of each timestamp. The fast path writes the same text (a test compares the two) and gives way to
 /// the general formatter for anything it does not handle: colours, spans, a value that would
 /// need escaping. Its timestamp is `crate::clock`'s.
 #[derive(Default)]
