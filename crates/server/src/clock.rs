@@ -1,6 +1,6 @@
 //! The wall clock as text: RFC 3339 in UTC, as responses and log lines write it. The part
-//! up to the second is made once a second per thread; the calendar arithmetic and
-//! formatting behind it cost more than the rest of a small model's response.
+//! up to the second is made once a second per thread, not by calendar arithmetic and
+//! chrono's formatting on every request; only the fraction is written each time.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;

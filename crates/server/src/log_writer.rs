@@ -224,12 +224,12 @@ impl<'a> MakeWriter<'a> for LineWriter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// An output whose bytes a test can read, counting its writes.
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<(Vec<u8>, usize)>>);
+    pub(crate) struct Captured(Arc<Mutex<(Vec<u8>, usize)>>);
 
     impl Write for Captured {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
@@ -244,7 +244,7 @@ mod tests {
     }
 
     impl Captured {
-        fn text(&self) -> String {
+        pub(crate) fn text(&self) -> String {
             String::from_utf8(lock(&self.0).0.clone()).unwrap()
         }
         fn writes(&self) -> usize {

@@ -229,23 +229,9 @@ impl Visit for PlainFields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log_writer::tests::Captured;
     use axum::http::Method;
-    use std::sync::Arc;
     use std::time::Duration;
-
-    /// Collects what a subscriber writes.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// The lines `emit` logs through the fast-path formatter and through the general one.
     fn both_ways(emit: impl Fn()) -> (String, String) {
@@ -264,8 +250,7 @@ mod tests {
             .with_writer(move || sink.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, &emit);
-        let text = |captured: Captured| String::from_utf8(captured.0.lock().unwrap().clone());
-        (text(fast).unwrap(), text(general).unwrap())
+        (fast.text(), general.text())
     }
 
     /// A line without its timestamp, which differs between two lines.
