@@ -19,6 +19,11 @@
 
 mod support;
 
+// The server's allocator with the server's setting (`main.rs`): an engine's speed depends on
+// how its activations' memory comes back, so in-process figures are taken the same way.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -148,6 +153,7 @@ struct Report {
 }
 
 fn main() -> Result<()> {
+    inference_server::allocator::keep_freed_memory();
     let args = Args::parse();
     if let Some(group) = &args.child {
         return child(serde_json::from_str(group).context("--child takes a group as JSON")?);

@@ -5,6 +5,7 @@
 //! `main` only loads the configuration, binds and serves; everything else is here so tests
 //! can drive the router directly.
 
+pub mod allocator;
 pub mod auth;
 pub mod backends;
 pub mod clock;
