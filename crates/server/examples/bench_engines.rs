@@ -153,7 +153,7 @@ struct Report {
 }
 
 fn main() -> Result<()> {
-    inference_server::allocator::keep_freed_memory();
+    inference_server::allocator::configure();
     let args = Args::parse();
     if let Some(group) = &args.child {
         return child(serde_json::from_str(group).context("--child takes a group as JSON")?);

@@ -102,7 +102,7 @@ struct Report {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    inference_server::allocator::keep_freed_memory();
+    inference_server::allocator::configure();
     let args = Args::parse();
     ensure!(args.secs > 0.0, "--secs must be positive");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    inference_server::allocator::keep_freed_memory();
+    inference_server::allocator::configure();
     #[cfg(feature = "candle")]
     fix_candle_thread_count();
     let cli = Cli::parse();
