@@ -19,7 +19,7 @@
 
 mod support;
 
-// The server's allocator with the server's setting (`main.rs`): an engine's speed depends on
+// The server's allocator with the server's settings (`main.rs`): an engine's speed depends on
 // how its activations' memory comes back, so in-process figures are taken the same way.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
