@@ -8,8 +8,8 @@
 //! - No transparent huge pages. When the working set grows (a larger batch than before),
 //!   huge pages made the next 10 to 15 s of passes about a fifth slower (ResNet-18 served
 //!   10.0 and 10.2 images/s in the first 15 s at concurrency 16 after concurrency 1, then
-//!   12.1 to 12.5; without them 12.6 and 12.8, then 12.4 to 12.7), and gave nothing back
-//!   once settled. This is what mimalloc itself does when `MIMALLOC_ALLOW_THP=0`.
+//!   12.1 to 12.5; without them 12.6 and 12.8, then 12.4 to 12.7); once settled, passes
+//!   with them were 1 to 2% faster in-process and no faster served. This is what mimalloc itself does when `MIMALLOC_ALLOW_THP=0`.
 //!
 //! The process stays at the high-water mark of its working set. Either variable, when set,
 //! is left to mimalloc.
