@@ -3,8 +3,7 @@
 //! Each named layer is a linear layer whose `{name}.weight` (`[out, in]`) and `{name}.bias`
 //! (`[out]`) tensors are read from the safetensors file, followed by its activation.
 
-use candle_core::{DType as CandleDType, Device, Module, Tensor as CandleTensor};
-use candle_nn::Linear;
+use candle_core::{DType as CandleDType, Device, Tensor as CandleTensor};
 use inference_core::{DType, ModelManifest, TensorSpec};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -30,7 +29,22 @@ pub(crate) enum Activation {
 /// A stack of linear layers, each followed by an activation, on one device.
 #[derive(Debug)]
 pub(crate) struct Mlp {
-    layers: Vec<(Linear, Activation)>,
+    layers: Vec<(Dense, Activation)>,
+}
+
+/// A linear layer with its weight stored transposed, `[in, out]` and contiguous:
+/// `candle_nn::Linear` transposes `[out, in]` on every call and multiplies by the strided
+/// view, which on a small model costs more than the product itself.
+#[derive(Debug)]
+struct Dense {
+    weight_t: CandleTensor,
+    bias: CandleTensor,
+}
+
+impl Dense {
+    fn forward(&self, x: &CandleTensor) -> candle_core::Result<CandleTensor> {
+        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
 }
 
 impl Mlp {
@@ -74,9 +88,12 @@ impl Mlp {
 
     /// `input` is `[rows, ...]`; it is flattened to `[rows, in]` first.
     pub(crate) fn forward(&self, input: &CandleTensor) -> candle_core::Result<CandleTensor> {
-        let mut x = input.flatten_from(1)?;
-        for (linear, activation) in &self.layers {
-            x = linear.forward(&x)?;
+        let mut x = match input.rank() {
+            2 => input.clone(),
+            _ => input.flatten_from(1)?,
+        };
+        for (dense, activation) in &self.layers {
+            x = dense.forward(&x)?;
             x = match activation {
                 Activation::Relu => x.relu()?,
                 Activation::Sigmoid => candle_nn::ops::sigmoid(&x)?,
@@ -126,7 +143,7 @@ fn take_linear(
     name: &str,
     in_width: usize,
     path: &Path,
-) -> Result<(Linear, usize), String> {
+) -> Result<(Dense, usize), String> {
     let mut take = |suffix: &str| {
         let key = format!("{name}.{suffix}");
         let tensor = tensors
@@ -157,5 +174,9 @@ fn take_linear(
             "'{bias_key}' has shape {bias_dims:?}, expected [{out}] to match '{weight_key}'"
         ));
     }
-    Ok((Linear::new(weight, Some(bias)), out))
+    let weight_t = weight
+        .t()
+        .and_then(|t| t.contiguous())
+        .map_err(|e| format!("tensor '{weight_key}' cannot be transposed: {e}"))?;
+    Ok((Dense { weight_t, bias }, out))
 }

@@ -30,6 +30,8 @@ pub mod ui;
 pub mod v2;
 
 use axum::Router;
+use std::future::Future;
+use std::task::Poll;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -103,22 +105,27 @@ async fn admit(
     }
     let (parts, body) = request.into_parts();
     let limits = &state.config().server;
-    let reading = read_body(&state, body, limits.max_body_bytes);
-    let (bytes, _body_permits) =
-        match tokio::time::timeout(state.config().body_read_timeout(), reading).await {
-            Ok(Ok(read)) => read,
-            // What is left of the body is not read: the connection cannot be reused.
-            Ok(Err(error)) => return closing(error.into_response()),
-            Err(_elapsed) => {
-                return closing(
+    let mut reading = std::pin::pin!(read_body(&state, body, limits.max_body_bytes));
+    // A small body usually came with the head: polled once first, it needs no timer.
+    let first = std::future::poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx))).await;
+    let read = match first {
+        Poll::Ready(read) => Ok(read),
+        Poll::Pending => tokio::time::timeout(state.config().body_read_timeout(), reading).await,
+    };
+    let (bytes, _body_permits) = match read {
+        Ok(Ok(read)) => read,
+        // What is left of the body is not read: the connection cannot be reused.
+        Ok(Err(error)) => return closing(error.into_response()),
+        Err(_elapsed) => {
+            return closing(
                 error::ApiError::BodyTimeout(format!(
                     "the request body did not arrive within {} s (server.body_read_timeout_secs)",
                     limits.body_read_timeout_secs
                 ))
                 .into_response(),
             );
-            }
-        };
+        }
+    };
     let Some(_slot) = state
         .admit_within(state.config().max_admission_wait())
         .await
@@ -132,9 +139,16 @@ async fn admit(
         }
         .into_response();
     };
-    let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+    let mut request =
+        axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes.clone()));
+    request.extensions_mut().insert(AdmittedBody(bytes));
     next.run(request).await
 }
+
+/// The whole body [`admit`] read, beside the request's body of the same bytes: an extractor
+/// that finds it skips reading the body again (`codec::JsonBody`).
+#[derive(Debug, Clone)]
+pub(crate) struct AdmittedBody(pub(crate) bytes::Bytes);
 
 fn closing(mut response: axum::response::Response) -> axum::response::Response {
     response.headers_mut().insert(
