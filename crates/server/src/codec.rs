@@ -25,6 +25,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         check_content_type(&request)?;
+        if let Some(crate::AdmittedBody(bytes)) = request.extensions().get() {
+            return parse_json(bytes).map(JsonBody);
+        }
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
