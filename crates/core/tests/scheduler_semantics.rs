@@ -738,15 +738,8 @@ async fn poll_once<F: std::future::Future>(
 #[tokio::test(start_paused = true)]
 async fn submit_alone_runs_at_once_on_the_callers_task_when_the_scheduler_is_idle() {
     let engine = Arc::new(FakeEngine::new());
-    let scheduler = start(
-        &engine,
-        SchedulerConfig {
-            max_queue_delay: Duration::from_millis(5),
-            ..config(8)
-        },
-    );
-    // With a queue delay, a submitted request waits for the worker task, which cannot run
-    // inside this one poll.
+    let scheduler = start(&engine, config(8));
+    // A queued request waits for the worker task, which cannot run inside this one poll.
     let mut queued = std::pin::pin!(scheduler.submit(request(&[1.0], 0)));
     assert!(poll_once(queued.as_mut()).await.is_pending());
     queued.await.unwrap();
@@ -764,27 +757,6 @@ async fn submit_alone_runs_at_once_on_the_callers_task_when_the_scheduler_is_idl
     assert_eq!(stats.requests_processed, 2);
     assert_eq!(stats.batches_processed, 2);
     assert_eq!(stats.rows_processed, 3);
-}
-
-#[tokio::test(start_paused = true)]
-async fn without_a_queue_delay_submit_runs_at_once_when_idle_and_queues_when_busy() {
-    let engine = Arc::new(FakeEngine::new());
-    let scheduler = start(&engine, config(8));
-    let mut idle = std::pin::pin!(scheduler.submit(request(&[1.0], 0)));
-    let std::task::Poll::Ready(answered) = poll_once(idle.as_mut()).await else {
-        panic!("an idle scheduler without a queue delay runs the request within the poll");
-    };
-    assert_eq!(answered.unwrap().outputs, outputs_for(&[1.0]));
-
-    // Behind a running batch, two requests queue and run together.
-    let running = occupy(&engine, &scheduler).await;
-    let first = enqueue(&scheduler, request(&[2.0], 0)).await;
-    let second = enqueue(&scheduler, request(&[3.0], 0)).await;
-    engine.release();
-    answer(running).await.unwrap();
-    assert_eq!(answer(first).await.unwrap().engine_batch_sizes, vec![2]);
-    answer(second).await.unwrap();
-    assert_eq!(engine.batches(), vec![vec![1.0], vec![0.0], vec![2.0, 3.0]]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -173,9 +173,7 @@ impl Scheduler {
         }
     }
 
-    /// Queues the request's rows and waits for their outputs. With no `max_queue_delay`,
-    /// rows that find nothing queued or running run at once on the caller's task, as
-    /// [`submit_alone`](Self::submit_alone) runs them: the batch a worker would have run.
+    /// Queues the request's rows and waits for their outputs.
     ///
     /// Fails at once with `InvalidSample`/`InvalidBatch` (the request is malformed),
     /// `Overloaded` (the queue is full) or `Unavailable` (shut down); later with
@@ -221,10 +219,7 @@ impl Scheduler {
         }
         let enqueued = Instant::now();
         let timeout = request.timeout.or(shared.config.default_timeout);
-        // With no queue delay a worker would run these rows at once, alone, if nothing is
-        // queued or running: running them on this task instead gives the same batch without
-        // two task wakes (to the worker and back), most of a small model's cost under load.
-        if (alone || shared.config.max_queue_delay.is_zero())
+        if alone
             && rows <= shared.config.max_batch_size
             && let Some(busy) = shared.claim_idle()
         {
@@ -837,9 +832,7 @@ struct InlineSlot<'a>(&'a Shared);
 impl Drop for InlineSlot<'_> {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
-        if lock(&self.0.queue).rows() > 0 {
-            self.0.rows_available.notify_waiters();
-        }
+        self.0.rows_available.notify_waiters();
     }
 }
 
