@@ -27,7 +27,9 @@
 //!
 //! Threads: `options.instances` worker threads share one read-only copy of the weights and
 //! each runs whole batches. candle's CPU kernels run on rayon; when `options.intra_op_threads` is set, each worker runs its
-//! forward passes inside its own rayon pool of that many threads. (candle's matmul also reads
+//! forward passes inside its own rayon pool of that many threads, except a pass whose
+//! predecessor took under 1 ms, which runs on the calling thread (handing it to the pool
+//! costs more than such a pass). (candle's matmul also reads
 //! `RAYON_NUM_THREADS` on every call to split work and, when it is unset, counts the cores
 //! by reading `/proc/cpuinfo`, every call again: a program embedding this crate should set
 //! the variable before it starts threads, as the server binary does.)
@@ -46,6 +48,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The name this backend goes by in manifests (`[files] candle`, `[candle]`) and in
 /// `EngineInfo`.
@@ -101,6 +104,7 @@ pub fn load(manifest: &ModelManifest, options: &EngineOptions) -> Result<WorkerP
         Ok(Box::new(CandleBackend {
             model: Arc::clone(&model),
             pool,
+            last_pass: None,
         }) as Box<dyn Backend>)
     });
     let info = EngineInfo {
@@ -237,14 +241,31 @@ struct CandleBackend {
     model: Arc<Model>,
     /// This worker's op threads, when `intra_op_threads` is set.
     pool: Option<rayon::ThreadPool>,
+    /// How long this worker's last pass took, hand-off to the pool included.
+    last_pass: Option<Duration>,
+}
+
+/// A pass whose predecessor took less than this runs on the calling thread, not in the op
+/// pool: handing it over wakes a pool thread and then the caller, which cost 60 to 150 µs
+/// per pass on a 2-core machine, many times a small model's whole pass, and a pass that
+/// short has too little work to share between threads anyway.
+const POOL_AT_LEAST: Duration = Duration::from_millis(1);
+
+fn runs_in_pool(last_pass: Option<Duration>) -> bool {
+    last_pass.is_none_or(|took| took >= POOL_AT_LEAST)
 }
 
 impl Backend for CandleBackend {
     fn forward(&mut self, batch: &Batch) -> Result<Batch, EngineError> {
-        match &self.pool {
-            Some(pool) => pool.install(|| self.model.forward(batch)),
-            None => self.model.forward(batch),
-        }
+        let started = Instant::now();
+        let output = match &self.pool {
+            Some(pool) if runs_in_pool(self.last_pass) => {
+                pool.install(|| self.model.forward(batch))
+            }
+            _ => self.model.forward(batch),
+        };
+        self.last_pass = Some(started.elapsed());
+        output
     }
 }
 
@@ -313,6 +334,44 @@ mod tests {
         ("fc2.weight", &[3, 16]),
         ("fc2.bias", &[3]),
     ];
+
+    #[test]
+    fn only_a_pass_after_a_long_one_goes_to_the_op_pool() {
+        assert!(runs_in_pool(None));
+        assert!(runs_in_pool(Some(Duration::from_millis(3))));
+        assert!(runs_in_pool(Some(POOL_AT_LEAST)));
+        assert!(!runs_in_pool(Some(Duration::from_micros(40))));
+    }
+
+    #[test]
+    fn passes_in_the_op_pool_and_on_the_caller_give_the_same_outputs() {
+        let model = Arc::new(build(&example_manifest(), &Device::Cpu).unwrap());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let mut pooled = CandleBackend {
+            model: Arc::clone(&model),
+            pool: Some(pool),
+            last_pass: None,
+        };
+        let mut plain = CandleBackend {
+            model,
+            pool: None,
+            last_pass: None,
+        };
+        let batch = Batch {
+            size: 4,
+            tensors: vec![Tensor::from_f32(vec![4, 1], vec![-1.0, 0.0, 2.0, 7.5]).unwrap()],
+        };
+        let expected = plain.forward(&batch).unwrap();
+        // The first pass runs in the pool; the example model's pass is far under the
+        // threshold, so the next ones run on this thread.
+        for _ in 0..3 {
+            assert_eq!(pooled.forward(&batch).unwrap(), expected);
+        }
+        assert!(!runs_in_pool(pooled.last_pass), "{:?}", pooled.last_pass);
+    }
 
     #[test]
     fn missing_weights_file_names_the_path() {
