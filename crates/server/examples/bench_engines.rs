@@ -154,6 +154,12 @@ struct Report {
 
 fn main() -> Result<()> {
     inference_server::allocator::configure();
+    // SAFETY: before any other thread exists. The server does the same.
+    #[cfg(feature = "candle")]
+    #[allow(unsafe_code)]
+    unsafe {
+        inference_server::backends::fix_candle_thread_count();
+    }
     let args = Args::parse();
     if let Some(group) = &args.child {
         return child(serde_json::from_str(group).context("--child takes a group as JSON")?);

@@ -103,9 +103,19 @@ struct Report {
     rows: Vec<Row>,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     inference_server::allocator::configure();
+    // SAFETY: before any other thread exists (the runtime starts below). The server does
+    // the same.
+    #[cfg(feature = "candle")]
+    #[allow(unsafe_code)]
+    unsafe {
+        inference_server::backends::fix_candle_thread_count();
+    }
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> Result<()> {
     let args = Args::parse();
     ensure!(args.secs > 0.0, "--secs must be positive");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");

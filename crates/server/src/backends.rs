@@ -16,6 +16,26 @@ pub const COMPILED: &[&str] = &[
     "tch",
 ];
 
+/// candle's CPU matmul looks up its thread count on every call: `RAYON_NUM_THREADS`, else
+/// the physical core count, which it counts by reading `/proc/cpuinfo` anew each time (about
+/// 20 µs, ten times the example model's pass). Setting the variable to that same count once
+/// makes every lookup an environment read and changes nothing else. The server and the
+/// benchmarks call it first thing.
+///
+/// # Safety
+///
+/// It sets an environment variable: call it before the process starts any other thread,
+/// so that nothing reads the environment meanwhile.
+#[cfg(feature = "candle")]
+#[allow(unsafe_code)]
+pub unsafe fn fix_candle_thread_count() {
+    const VARIABLE: &str = "RAYON_NUM_THREADS";
+    if std::env::var_os(VARIABLE).is_none() {
+        // SAFETY: the caller guarantees no other thread exists yet.
+        unsafe { std::env::set_var(VARIABLE, num_cpus::get_physical().to_string()) };
+    }
+}
+
 /// Loads `manifest` with the named backend.
 pub fn load(
     backend: &str,

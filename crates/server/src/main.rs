@@ -9,8 +9,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     inference_server::allocator::configure();
+    // SAFETY: the first statements of `main`, before any other thread exists.
     #[cfg(feature = "candle")]
-    fix_candle_thread_count();
+    #[allow(unsafe_code)]
+    unsafe {
+        inference_server::backends::fix_candle_thread_count();
+    }
     let cli = Cli::parse();
     let config = match Config::load(&cli) {
         Ok(config) => config,
@@ -41,19 +45,5 @@ fn main() -> ExitCode {
             eprintln!("error: {}", chain.join(": "));
             ExitCode::FAILURE
         }
-    }
-}
-
-/// candle's CPU matmul looks up its thread count on every call: `RAYON_NUM_THREADS`, else
-/// the physical core count, which it counts by reading `/proc/cpuinfo` anew each time. Setting the variable to that same count once
-/// makes every lookup an environment read and changes nothing else.
-#[cfg(feature = "candle")]
-#[allow(unsafe_code)]
-fn fix_candle_thread_count() {
-    const VARIABLE: &str = "RAYON_NUM_THREADS";
-    if std::env::var_os(VARIABLE).is_none() {
-        // SAFETY: the first statement of `main`, before any other thread exists, so
-        // nothing can read the environment concurrently.
-        unsafe { std::env::set_var(VARIABLE, num_cpus::get_physical().to_string()) };
     }
 }
