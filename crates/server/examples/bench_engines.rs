@@ -153,12 +153,10 @@ struct Report {
 }
 
 fn main() -> Result<()> {
-    inference_server::allocator::configure();
-    // SAFETY: before any other thread exists. The server does the same.
-    #[cfg(feature = "candle")]
+    // SAFETY: before any other thread exists.
     #[allow(unsafe_code)]
     unsafe {
-        inference_server::backends::fix_candle_thread_count();
+        support::configure_like_the_server();
     }
     let args = Args::parse();
     if let Some(group) = &args.child {

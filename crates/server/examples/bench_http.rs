@@ -104,13 +104,10 @@ struct Report {
 }
 
 fn main() -> Result<()> {
-    inference_server::allocator::configure();
-    // SAFETY: before any other thread exists (the runtime starts below). The server does
-    // the same.
-    #[cfg(feature = "candle")]
+    // SAFETY: before any other thread exists (the runtime starts below).
     #[allow(unsafe_code)]
     unsafe {
-        inference_server::backends::fix_candle_thread_count();
+        support::configure_like_the_server();
     }
     tokio::runtime::Runtime::new()?.block_on(run())
 }

@@ -5,6 +5,22 @@
 
 pub(crate) mod chart;
 
+/// The server's process settings, for a benchmark that runs engines in-process: its
+/// allocator's options and candle's thread count (see `main.rs` of the server).
+///
+/// # Safety
+///
+/// It sets an environment variable: call it before the process starts any other thread.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn configure_like_the_server() {
+    inference_server::allocator::configure();
+    #[cfg(feature = "candle")]
+    // SAFETY: the caller's promise that no other thread exists yet.
+    unsafe {
+        inference_server::backends::fix_candle_thread_count();
+    }
+}
+
 use anyhow::{Context, Result, bail, ensure};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
