@@ -162,14 +162,22 @@ impl Model {
         let values = tensor
             .as_f32()
             .ok_or_else(|| EngineError::Backend("the input is not f32".into()))?;
-        let input = CandleTensor::from_slice(values, tensor.shape(), &self.device)
-            .map_err(backend_error)?;
-        let output = self.network.forward(&input).map_err(backend_error)?;
-        let shape = output.dims().to_vec();
-        let values = output
-            .flatten_all()
-            .and_then(|flat| flat.to_vec1::<f32>())
-            .map_err(backend_error)?;
+        let (shape, values) = match &self.network {
+            Network::Mlp(mlp) if mlp.runs_on_host(batch.size) => {
+                let (shape, values) = mlp.forward_on_host(values).map_err(EngineError::Backend)?;
+                (shape.to_vec(), values)
+            }
+            network => {
+                let input = CandleTensor::from_slice(values, tensor.shape(), &self.device)
+                    .map_err(backend_error)?;
+                let output = network.forward(&input).map_err(backend_error)?;
+                let values = output
+                    .flatten_all()
+                    .and_then(|flat| flat.to_vec1::<f32>())
+                    .map_err(backend_error)?;
+                (output.dims().to_vec(), values)
+            }
+        };
         let output = Tensor::from_f32(shape, values)
             .map_err(|e| EngineError::Backend(format!("unexpected output size: {e}")))?;
         Ok(Batch {

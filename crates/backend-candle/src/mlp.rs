@@ -26,10 +26,23 @@ pub(crate) enum Activation {
     Identity,
 }
 
+/// Multiply-adds per pass up to which a pass on the CPU runs on plain slices
+/// ([`Mlp::forward_on_host`]) rather than through candle's tensors. Every candle op
+/// allocates its output, shape and strides, and its matmul reads the thread count from the
+/// environment, which on a small pass costs more than the arithmetic. Larger passes go to
+/// candle's blocked, multi-threaded matmul.
+const HOST_PASS_MAX_MACS: usize = 1 << 16;
+
 /// A stack of linear layers, each followed by an activation, on one device.
 #[derive(Debug)]
 pub(crate) struct Mlp {
     layers: Vec<(Dense, Activation)>,
+    /// Width of the input of the first layer.
+    input_width: usize,
+    /// Multiply-adds of one row through every layer.
+    macs_per_row: usize,
+    /// Whether the weights live in host memory, where slices can be read directly.
+    on_cpu: bool,
 }
 
 /// A linear layer with its weight stored transposed, `[in, out]` and contiguous:
@@ -39,11 +52,69 @@ pub(crate) struct Mlp {
 struct Dense {
     weight_t: CandleTensor,
     bias: CandleTensor,
+    /// The same values as plain vectors, for passes on the host (empty off the CPU).
+    host_weight_t: Vec<f32>,
+    host_bias: Vec<f32>,
 }
 
 impl Dense {
+    /// From `weight` `[out, in]` and `bias` `[out]`; keeps host copies when `on_cpu`.
+    fn new(weight: &CandleTensor, bias: CandleTensor, on_cpu: bool) -> Result<Self, String> {
+        let weight_t = weight
+            .t()
+            .and_then(|t| t.contiguous())
+            .map_err(|e| format!("a weight cannot be transposed: {e}"))?;
+        let host_values = |tensor: &CandleTensor| {
+            if !on_cpu {
+                return Ok(Vec::new());
+            }
+            tensor
+                .flatten_all()
+                .and_then(|flat| flat.to_vec1::<f32>())
+                .map_err(|e| format!("a weight cannot be read: {e}"))
+        };
+        Ok(Self {
+            host_weight_t: host_values(&weight_t)?,
+            host_bias: host_values(&bias)?,
+            weight_t,
+            bias,
+        })
+    }
+
     fn forward(&self, x: &CandleTensor) -> candle_core::Result<CandleTensor> {
         x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+
+    /// `x` is `[rows, in]` row-major; returns `[rows, out]` with `activation` applied. Like
+    /// candle, the products are summed first and the bias added last.
+    fn forward_on_host(&self, x: &[f32], activation: Activation) -> Vec<f32> {
+        let out_width = self.host_bias.len();
+        let in_width = self.host_weight_t.len() / out_width.max(1);
+        let rows = x.len() / in_width.max(1);
+        let mut y = vec![0.0f32; rows * out_width];
+        for (row, sums) in x.chunks_exact(in_width).zip(y.chunks_exact_mut(out_width)) {
+            for (&value, weights) in row.iter().zip(self.host_weight_t.chunks_exact(out_width)) {
+                for (sum, &weight) in sums.iter_mut().zip(weights) {
+                    *sum += value * weight;
+                }
+            }
+            for (sum, &bias) in sums.iter_mut().zip(&self.host_bias) {
+                *sum = activation.apply(*sum + bias);
+            }
+        }
+        y
+    }
+}
+
+impl Activation {
+    /// The same formulas as candle's ops.
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Relu => x.max(0.0),
+            Activation::Sigmoid => (1.0 + (-x).exp()).recip(),
+            Activation::Tanh => x.tanh(),
+            Activation::Identity => x,
+        }
     }
 }
 
@@ -70,11 +141,14 @@ impl Mlp {
         let output = single_f32_spec(&manifest.outputs, "output")?;
         let mut tensors = crate::read_safetensors(weights, device)?;
 
+        let on_cpu = device.is_cpu();
         let mut width = input.len;
+        let mut macs_per_row = 0usize;
         let mut stack = Vec::with_capacity(layers.len());
         for (name, &activation) in layers.iter().zip(activations) {
-            let (linear, out) = take_linear(&mut tensors, name, width, weights)?;
+            let (linear, out) = take_linear(&mut tensors, name, width, weights, on_cpu)?;
             stack.push((linear, activation));
+            macs_per_row = macs_per_row.saturating_add(width.saturating_mul(out));
             width = out;
         }
         if width != output.len {
@@ -83,7 +157,43 @@ impl Mlp {
                 output.name, output.len
             ));
         }
-        Ok(Self { layers: stack })
+        Ok(Self {
+            layers: stack,
+            input_width: input.len,
+            macs_per_row,
+            on_cpu,
+        })
+    }
+
+    /// Whether a pass of `rows` rows runs on plain slices ([`Self::forward_on_host`]).
+    pub(crate) fn runs_on_host(&self, rows: usize) -> bool {
+        self.on_cpu && rows.saturating_mul(self.macs_per_row) <= HOST_PASS_MAX_MACS
+    }
+
+    /// The pass on plain slices: `input` holds whole rows of the input width, row-major;
+    /// returns `[rows, out]` as its shape and values. Only for weights on the CPU.
+    pub(crate) fn forward_on_host(&self, input: &[f32]) -> Result<([usize; 2], Vec<f32>), String> {
+        if !self.on_cpu {
+            return Err("the weights are not in host memory".into());
+        }
+        if self.input_width == 0 || !input.len().is_multiple_of(self.input_width) {
+            return Err(format!(
+                "{} input values are not whole rows of {}",
+                input.len(),
+                self.input_width
+            ));
+        }
+        let rows = input.len() / self.input_width;
+        let mut layers = self.layers.iter();
+        let Some((first, activation)) = layers.next() else {
+            return Err("the MLP has no layers".into());
+        };
+        let mut x = first.forward_on_host(input, *activation);
+        for (dense, activation) in layers {
+            x = dense.forward_on_host(&x, *activation);
+        }
+        let out_width = x.len() / rows.max(1);
+        Ok(([rows, out_width], x))
     }
 
     /// `input` is `[rows, ...]`; it is flattened to `[rows, in]` first.
@@ -143,6 +253,7 @@ fn take_linear(
     name: &str,
     in_width: usize,
     path: &Path,
+    on_cpu: bool,
 ) -> Result<(Dense, usize), String> {
     let mut take = |suffix: &str| {
         let key = format!("{name}.{suffix}");
@@ -174,9 +285,90 @@ fn take_linear(
             "'{bias_key}' has shape {bias_dims:?}, expected [{out}] to match '{weight_key}'"
         ));
     }
-    let weight_t = weight
-        .t()
-        .and_then(|t| t.contiguous())
-        .map_err(|e| format!("tensor '{weight_key}' cannot be transposed: {e}"))?;
-    Ok((Dense { weight_t, bias }, out))
+    let dense = Dense::new(&weight, bias, on_cpu).map_err(|e| format!("layer '{name}': {e}"))?;
+    Ok((dense, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An MLP of the given widths with weights drawn from `values` (cycled).
+    fn mlp(widths: &[usize], activations: &[Activation], values: &[f32]) -> Mlp {
+        let mut next = values.iter().copied().cycle();
+        let layers = widths
+            .windows(2)
+            .zip(activations)
+            .map(|(pair, &activation)| {
+                let (inputs, out) = (pair[0], pair[1]);
+                let weight: Vec<f32> = next.by_ref().take(out * inputs).collect();
+                let bias: Vec<f32> = next.by_ref().take(out).collect();
+                let weight = CandleTensor::from_vec(weight, (out, inputs), &Device::Cpu).unwrap();
+                let bias = CandleTensor::from_vec(bias, out, &Device::Cpu).unwrap();
+                (Dense::new(&weight, bias, true).unwrap(), activation)
+            })
+            .collect();
+        Mlp {
+            layers,
+            input_width: widths[0],
+            macs_per_row: widths.windows(2).map(|pair| pair[0] * pair[1]).sum(),
+            on_cpu: true,
+        }
+    }
+
+    fn activation() -> impl Strategy<Value = Activation> {
+        prop_oneof![
+            Just(Activation::Relu),
+            Just(Activation::Sigmoid),
+            Just(Activation::Tanh),
+            Just(Activation::Identity),
+        ]
+    }
+
+    proptest! {
+        /// The pass on slices computes what candle's ops compute, to float rounding.
+        #[test]
+        fn host_pass_matches_candle(
+            widths in prop::collection::vec(1usize..24, 2..5),
+            activations in prop::collection::vec(activation(), 4),
+            weights in prop::collection::vec(-2.0f32..2.0, 1..64),
+            rows in 1usize..9,
+            inputs in prop::collection::vec(-5.0f32..5.0, 1..32),
+        ) {
+            let model = mlp(&widths, &activations, &weights);
+            let input: Vec<f32> = inputs.iter().copied().cycle().take(rows * widths[0]).collect();
+            let (shape, host) = model.forward_on_host(&input).unwrap();
+            let tensor = CandleTensor::from_vec(input, (rows, widths[0]), &Device::Cpu).unwrap();
+            let reference = model.forward(&tensor).unwrap();
+            prop_assert_eq!(shape.to_vec(), reference.dims().to_vec());
+            let reference = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (got, want) in host.iter().zip(&reference) {
+                prop_assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{got} against {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_small_passes_on_the_cpu_run_on_slices() {
+        let mut model = mlp(
+            &[1, 16, 3],
+            &[Activation::Relu, Activation::Sigmoid],
+            &[0.5],
+        );
+        assert_eq!(model.macs_per_row, 64);
+        assert!(model.runs_on_host(1));
+        assert!(model.runs_on_host(HOST_PASS_MAX_MACS / 64));
+        assert!(!model.runs_on_host(HOST_PASS_MAX_MACS / 64 + 1));
+        model.on_cpu = false;
+        assert!(!model.runs_on_host(1));
+        assert!(model.forward_on_host(&[1.0]).is_err());
+    }
+
+    #[test]
+    fn host_pass_refuses_partial_rows() {
+        let model = mlp(&[3, 2], &[Activation::Identity], &[1.0]);
+        let err = model.forward_on_host(&[1.0, 2.0, 3.0, 4.0]).unwrap_err();
+        assert!(err.contains("whole rows of 3"), "{err}");
+    }
 }
