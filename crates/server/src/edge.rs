@@ -1,15 +1,17 @@
 //! The edge of every route: one layer that does, around each request's handler, what every
 //! request needs: an `x-request-id` (the client's, or a new UUID), the API key check
-//! (`crate::auth`), the default body limit for extractors (`server.max_body_bytes`), a 500
+//! (`crate::auth`), the admission of the inference routes (`crate::admit`), the default
+//! body limit for extractors (`server.max_body_bytes`), a 500
 //! with a detail when a handler panics, the `{"error"}` shape of errors under `/v2`
 //! (`crate::v2::error_body`), the HTTP metrics (`http_requests_total`,
 //! `http_request_duration_seconds`, `http_requests_in_flight`) and the request's log line.
 //!
 //! One hand-written layer rather than a middleware per concern: each `from_fn` middleware
 //! boxes a future and clones a service per request, and five of them cost more CPU than
-//! routing, parsing and inference together on a small model. For the same reason the body
-//! limit and the panic catcher are composed here rather than layered on the router, where
-//! each layer adds a boxed service to clone and a boxed future per request.
+//! routing, parsing and inference together on a small model. For the same reason the
+//! admission, the body limit and the panic catcher are composed here rather than layered on
+//! the router, where each layer adds a boxed service to clone (with every service inside
+//! it) and a boxed future per request.
 
 use crate::metrics::SERVED_MODEL;
 use crate::state::AppState;
@@ -38,14 +40,64 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct EdgeLayer {
     api_keys: Arc<[String]>,
     body_limit: DefaultBodyLimit,
+    admission: Option<Admission>,
 }
 
 impl EdgeLayer {
-    pub fn new(state: &AppState) -> Self {
+    /// The edge of the application, admitting requests to the `admitted` routes.
+    pub fn new(state: &AppState, admitted: AdmittedRoutes) -> Self {
         Self {
             api_keys: state.config().server.api_keys.clone().into(),
             body_limit: DefaultBodyLimit::max(state.config().server.max_body_bytes),
+            admission: Some(Admission {
+                state: state.clone(),
+                routes: Arc::new(admitted),
+            }),
         }
+    }
+}
+
+/// The routes, by template and method, whose requests go through [`crate::admit`] first.
+#[derive(Debug, Default)]
+pub struct AdmittedRoutes(Vec<(Method, String)>);
+
+impl AdmittedRoutes {
+    /// Every operation of `document`: the inference routes' part of the API.
+    pub fn of(document: &utoipa::openapi::OpenApi) -> Self {
+        let mut routes = Vec::new();
+        for (path, item) in &document.paths.paths {
+            for (method, operation) in [
+                (Method::GET, &item.get),
+                (Method::POST, &item.post),
+                (Method::PUT, &item.put),
+                (Method::DELETE, &item.delete),
+                (Method::PATCH, &item.patch),
+            ] {
+                if operation.is_some() {
+                    routes.push((method, path.clone()));
+                }
+            }
+        }
+        Self(routes)
+    }
+
+    fn contains(&self, method: &Method, route: &str) -> bool {
+        self.0.iter().any(|(m, r)| m == method && r == route)
+    }
+}
+
+/// What the edge needs to admit a request.
+#[derive(Clone)]
+struct Admission {
+    state: AppState,
+    routes: Arc<AdmittedRoutes>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
     }
 }
 
@@ -59,6 +111,7 @@ impl<S> Layer<S> for EdgeLayer {
         Edge {
             inner: self.body_limit.layer(inner),
             api_keys: Arc::clone(&self.api_keys),
+            admission: self.admission.clone(),
         }
     }
 }
@@ -68,16 +121,17 @@ impl<S> Layer<S> for EdgeLayer {
 pub struct Edge<S> {
     inner: S,
     api_keys: Arc<[String]>,
+    admission: Option<Admission>,
 }
 
 impl<S> Service<Request> for Edge<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible>,
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = EdgeFuture<S::Future>;
+    type Future = EdgeFuture<S, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -89,6 +143,11 @@ where
         let route = request.extensions().get::<MatchedPath>().cloned();
         // Only an unmatched request is logged by its raw path: a route's template is enough.
         let unmatched_path = route.is_none().then(|| request.uri().path().to_owned());
+        let admission = self.admission.as_ref().filter(|admission| {
+            route
+                .as_ref()
+                .is_some_and(|route| admission.routes.contains(request.method(), route.as_str()))
+        });
         let meta = Meta {
             started,
             method: request.method().clone(),
@@ -102,20 +161,36 @@ where
             Some(refused) => Stage::Refused {
                 response: Some(refused),
             },
-            None => match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
-                Ok(future) => Stage::Handling {
-                    future: SERVED_MODEL.scope(RefCell::new(None), future),
+            None => match admission {
+                Some(admission) => Stage::Admitting {
+                    future: Box::pin(crate::admit(admission.state.clone(), request)),
+                    // The handler is called once the request is admitted, by the future.
+                    inner: Some(self.inner.clone()),
                 },
-                Err(panic) => Stage::Refused {
-                    response: Some(panic_response(panic)),
-                },
+                None => handle(&mut self.inner, request),
             },
         };
         EdgeFuture {
             stage,
             meta: Some(meta),
             model: None,
+            admitted: None,
         }
+    }
+}
+
+/// Calls the handler, answering 500 if that panics before any future exists.
+fn handle<S>(inner: &mut S, request: Request) -> Stage<S, S::Future>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(request))) {
+        Ok(future) => Stage::Handling {
+            future: SERVED_MODEL.scope(RefCell::new(None), future),
+        },
+        Err(panic) => Stage::Refused {
+            response: Some(panic_response(panic)),
+        },
     }
 }
 
@@ -143,29 +218,36 @@ struct Meta {
     in_flight: InFlight,
 }
 
+/// The admission of a request: the request with its body read, or the refusal.
+type Admitting = Pin<Box<dyn Future<Output = Result<(Request, crate::Admitted), Response>> + Send>>;
+
 pin_project_lite::pin_project! {
-    /// The future of [`Edge`]: the handler's (or the refusal), then the rewrite of a v2
-    /// error's body when one is needed, then the bookkeeping.
-    pub struct EdgeFuture<F> {
+    /// The future of [`Edge`]: the admission when the route has one, the handler's (or the
+    /// refusal), then the rewrite of a v2 error's body when one is needed, then the
+    /// bookkeeping.
+    pub struct EdgeFuture<S, F> {
         #[pin]
-        stage: Stage<F>,
+        stage: Stage<S, F>,
         meta: Option<Meta>,
         model: Option<String>,
+        // Held while the handler runs, released with its answer.
+        admitted: Option<crate::Admitted>,
     }
 }
 
 pin_project_lite::pin_project! {
     #[project = StageProjection]
-    enum Stage<F> {
+    enum Stage<S, F> {
+        Admitting { future: Admitting, inner: Option<S> },
         Handling { #[pin] future: TaskLocalFuture<RefCell<Option<String>>, F> },
         Refused { response: Option<Response> },
         Rewriting { future: Pin<Box<dyn Future<Output = Response> + Send>> },
     }
 }
 
-impl<F> Future for EdgeFuture<F>
+impl<S> Future for EdgeFuture<S, S::Future>
 where
-    F: Future<Output = Result<Response, Infallible>>,
+    S: Service<Request, Response = Response, Error = Infallible>,
 {
     type Output = Result<Response, Infallible>;
 
@@ -173,6 +255,21 @@ where
         let mut this = self.project();
         loop {
             let response = match this.stage.as_mut().project() {
+                StageProjection::Admitting { future, inner } => {
+                    let polled =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
+                    match polled {
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Ok(Poll::Ready(Ok((request, admitted)))) => {
+                            *this.admitted = Some(admitted);
+                            let mut inner = inner.take().expect("admitted once");
+                            this.stage.set(handle(&mut inner, request));
+                            continue;
+                        }
+                        Ok(Poll::Ready(Err(refusal))) => refusal,
+                        Err(panic) => panic_response(panic),
+                    }
+                }
                 StageProjection::Handling { mut future } => {
                     let polled =
                         std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
@@ -184,6 +281,8 @@ where
                         Err(panic) => panic_response(panic),
                     };
                     *this.model = future.take_value().and_then(RefCell::into_inner);
+                    // The answer is ready: the request's bytes and slot are free for others.
+                    this.admitted.take();
                     response
                 }
                 StageProjection::Refused { response } => {
@@ -387,6 +486,7 @@ mod tests {
         Edge {
             inner,
             api_keys: Arc::from([]),
+            admission: None,
         }
     }
 
@@ -437,6 +537,28 @@ mod tests {
             .unwrap();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(detail_of(response).await.contains("boom in call"));
+    }
+
+    #[test]
+    fn the_admitted_routes_are_the_operations_of_the_document_by_method() {
+        use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem, PathsBuilder};
+        let paths = PathsBuilder::new()
+            .path(
+                "/predict",
+                PathItem::new(HttpMethod::Post, OperationBuilder::new()),
+            )
+            .path(
+                "/models/{name}/predict",
+                PathItem::new(HttpMethod::Post, OperationBuilder::new()),
+            )
+            .build();
+        let document = utoipa::openapi::OpenApiBuilder::new().paths(paths).build();
+        let admitted = AdmittedRoutes::of(&document);
+        assert!(admitted.contains(&Method::POST, "/predict"));
+        assert!(admitted.contains(&Method::POST, "/models/{name}/predict"));
+        assert!(!admitted.contains(&Method::GET, "/predict"));
+        assert!(!admitted.contains(&Method::POST, "/health"));
+        assert!(!admitted.contains(&Method::POST, "/models/resnet18/predict"));
     }
 
     #[test]

@@ -52,8 +52,8 @@ pub fn app(state: AppState) -> Router {
         .routes(routes!(routes::example_batch))
         .routes(routes!(routes::model_predict))
         .routes(routes!(routes::model_predict_batch))
-        .merge(v2::inference_routes())
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), admit));
+        .merge(v2::inference_routes());
+    let admitted = edge::AdmittedRoutes::of(inference.get_openapi());
     let (router, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(routes::root))
         .routes(routes!(routes::health))
@@ -76,10 +76,10 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         // Outside every handler: the request id, the key check (before any admission or body
-        // read, so a stranger costs nothing but this check), the body limit, the panic
-        // catcher, the v2 error shape, the metrics and the log line, for every answer,
-        // refusals included.
-        .layer(edge::EdgeLayer::new(&state));
+        // read, so a stranger costs nothing but this check), the admission of the inference
+        // routes, the body limit, the panic catcher, the v2 error shape, the metrics and the
+        // log line, for every answer, refusals included.
+        .layer(edge::EdgeLayer::new(&state, admitted));
     // Outermost: a browser's preflight carries no key and is answered here.
     let router = match auth::cors_layer(&state.config().server.cors_allowed_origins) {
         Some(cors) => router.layer(cors),
@@ -92,16 +92,18 @@ pub fn app(state: AppState) -> Router {
 /// read within `server.body_read_timeout_secs` (408) while its bytes are counted against
 /// `server.max_in_flight_bytes` (429) and `server.max_body_bytes` (413); only then a slot of
 /// `server.max_concurrent_requests`, waited for first come first served at most
-/// `server.max_admission_wait_ms` (429), so a slow uploader holds no slot. Bytes and slot
-/// are held until the answer is ready.
-async fn admit(
-    axum::extract::State(state): axum::extract::State<AppState>,
+/// `server.max_admission_wait_ms` (429), so a slow uploader holds no slot. The request comes
+/// back with its body read; the bytes and the slot are held by [`Admitted`] until the answer
+/// is ready. `crate::edge` runs it before the handler of every inference route.
+pub(crate) async fn admit(
+    state: AppState,
     request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
+) -> Result<(axum::extract::Request, Admitted), axum::response::Response> {
     use axum::response::IntoResponse;
     if state.is_draining() {
-        return error::ApiError::Unavailable("the server is shutting down".into()).into_response();
+        return Err(
+            error::ApiError::Unavailable("the server is shutting down".into()).into_response(),
+        );
     }
     let (parts, body) = request.into_parts();
     let limits = &state.config().server;
@@ -112,37 +114,50 @@ async fn admit(
         Poll::Ready(read) => Ok(read),
         Poll::Pending => tokio::time::timeout(state.config().body_read_timeout(), reading).await,
     };
-    let (bytes, _body_permits) = match read {
+    let (bytes, body_permits) = match read {
         Ok(Ok(read)) => read,
         // What is left of the body is not read: the connection cannot be reused.
-        Ok(Err(error)) => return closing(error.into_response()),
+        Ok(Err(error)) => return Err(closing(error.into_response())),
         Err(_elapsed) => {
-            return closing(
+            return Err(closing(
                 error::ApiError::BodyTimeout(format!(
                     "the request body did not arrive within {} s (server.body_read_timeout_secs)",
                     limits.body_read_timeout_secs
                 ))
                 .into_response(),
-            );
+            ));
         }
     };
-    let Some(_slot) = state
+    let Some(slot) = state
         .admit_within(state.config().max_admission_wait())
         .await
     else {
-        return error::ApiError::Overloaded {
+        return Err(error::ApiError::Overloaded {
             detail: format!(
                 "too many requests in progress (server.max_concurrent_requests = {}) for {} ms (server.max_admission_wait_ms)",
                 limits.max_concurrent_requests, limits.max_admission_wait_ms
             ),
             retry_after: std::time::Duration::from_secs(1),
         }
-        .into_response();
+        .into_response());
     };
     let mut request =
         axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes.clone()));
     request.extensions_mut().insert(AdmittedBody(bytes));
-    next.run(request).await
+    Ok((
+        request,
+        Admitted {
+            _body_permits: body_permits,
+            _slot: slot,
+        },
+    ))
+}
+
+/// What an admitted request holds until its answer is ready: its body's bytes against
+/// `server.max_in_flight_bytes` and its slot of `server.max_concurrent_requests`.
+pub(crate) struct Admitted {
+    _body_permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The whole body [`admit`] read, beside the request's body of the same bytes: an extractor
@@ -167,7 +182,10 @@ async fn read_body(
 ) -> Result<(bytes::Bytes, Vec<tokio::sync::OwnedSemaphorePermit>), error::ApiError> {
     use http_body_util::BodyExt;
     let mut body = body;
-    let mut buffer = bytes::BytesMut::new();
+    // A body of one frame, the usual case, is kept as it came; a second frame starts a copy.
+    let mut whole = bytes::Bytes::new();
+    let mut joined: Option<bytes::BytesMut> = None;
+    let mut length = 0usize;
     let mut permits = Vec::new();
     let mut reserved_kib: usize = 0;
     while let Some(frame) = body.frame().await {
@@ -177,13 +195,23 @@ async fn read_body(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if buffer.len() + data.len() > max_bytes {
+        if length + data.len() > max_bytes {
             return Err(error::ApiError::TooLarge(format!(
                 "request body is too large: the limit is {max_bytes} bytes (server.max_body_bytes)"
             )));
         }
-        buffer.extend_from_slice(&data);
-        let needed_kib = buffer.len().div_ceil(1024);
+        length += data.len();
+        match &mut joined {
+            Some(buffer) => buffer.extend_from_slice(&data),
+            None if whole.is_empty() => whole = data,
+            None => {
+                let mut buffer = bytes::BytesMut::with_capacity(length);
+                buffer.extend_from_slice(&whole);
+                buffer.extend_from_slice(&data);
+                joined = Some(buffer);
+            }
+        }
+        let needed_kib = length.div_ceil(1024);
         if needed_kib > reserved_kib {
             let more = u32::try_from(needed_kib - reserved_kib).unwrap_or(u32::MAX);
             let permit =
@@ -200,5 +228,5 @@ async fn read_body(
             reserved_kib = needed_kib;
         }
     }
-    Ok((buffer.freeze(), permits))
+    Ok((joined.map_or(whole, bytes::BytesMut::freeze), permits))
 }

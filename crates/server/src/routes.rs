@@ -113,10 +113,14 @@ impl Outcome {
             (INFERENCE_TIME, self.processing.inference_ms),
             (TOTAL_TIME, self.total_ms),
         ] {
-            // Written in place: `format!` would allocate a string only to copy it again.
+            // Written in place: `format!` would allocate a string only to copy it again. The
+            // value is a whole number of microseconds (`millis`), written as integers: a
+            // float with a fixed precision takes the slow exact path of the formatter.
+            let micros = (ms * 1000.0).round() as u64;
             let mut text = [0u8; 32];
             let mut cursor = std::io::Cursor::new(&mut text[..]);
-            if std::io::Write::write_fmt(&mut cursor, format_args!("{ms:.3}")).is_ok() {
+            let written = format_args!("{}.{:03}", micros / 1000, micros % 1000);
+            if std::io::Write::write_fmt(&mut cursor, written).is_ok() {
                 let written = usize::try_from(cursor.position()).unwrap_or_default();
                 if let Ok(value) = HeaderValue::from_bytes(&text[..written]) {
                     headers.insert(name, value);

@@ -127,6 +127,9 @@ async fn while_draining_health_and_new_requests_answer_503() {
     let refused = predict(&state, r#"{"inputs": 1}"#).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(!engine.computed(1.0));
+    // Admission is for the inference routes' own methods: a wrong method is still a 405.
+    let wrong_method = send(&state, get("/predict")).await;
+    assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
 }
 
 #[tokio::test]

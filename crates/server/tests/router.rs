@@ -30,8 +30,12 @@ fn assert_processing_time(value: &Value) {
 
 fn assert_timing_headers(reply: &Reply) {
     for name in ["x-queue-time", "x-inference-time", "x-total-time"] {
-        let value: f64 = reply.headers[name].to_str().unwrap().parse().unwrap();
+        let text = reply.headers[name].to_str().unwrap();
+        let value: f64 = text.parse().unwrap();
         assert!(value >= 0.0, "{name}");
+        // Milliseconds to the microsecond, always three decimals.
+        let decimals = text.split_once('.').map(|(_, fraction)| fraction.len());
+        assert_eq!(decimals, Some(3), "{name}: {text}");
     }
     let id = reply.headers["x-request-id"].to_str().unwrap();
     assert!(!id.is_empty());
