@@ -163,7 +163,7 @@ impl Model {
             .as_f32()
             .ok_or_else(|| EngineError::Backend("the input is not f32".into()))?;
         let (shape, values) = match &self.network {
-            Network::Mlp(mlp) if mlp.runs_on_host(batch.size) => {
+            Network::Mlp(mlp) if mlp.runs_on_host() => {
                 let (shape, values) = mlp.forward_on_host(values).map_err(EngineError::Backend)?;
                 (shape.to_vec(), values)
             }

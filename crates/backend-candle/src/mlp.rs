@@ -26,15 +26,14 @@ pub(crate) enum Activation {
     Identity,
 }
 
-/// Multiply-adds per pass up to which a pass on the CPU runs on plain slices
+/// Multiply-adds per row up to which an MLP on the CPU runs on plain slices
 /// ([`Mlp::forward_on_host`]) rather than through candle's tensors. Every candle op
 /// allocates its output, shape and strides, and its matmul reads the thread count from the
-/// environment, which on a small pass costs more than the arithmetic. Larger passes go to
-/// candle's blocked, multi-threaded matmul, which is faster from about 1,000 multiply-adds:
-/// `bench engines` measured the example model (64 per row) at 1 and 2 µs per pass at batch 1
-/// and 8 on slices against 2 and 3 µs through candle, but 5 and 9 µs at batch 32 and 64
-/// against 3 and 4 µs.
-const HOST_PASS_MAX_MACS: usize = 1024;
+/// environment, which on a small model costs more than the arithmetic. Larger models go to
+/// candle's blocked, multi-threaded matmul. The choice is the model's, never the pass's: a
+/// row's outputs must not depend on the rows it was batched with, and the two ways sum in a
+/// different order.
+const HOST_MAX_MACS_PER_ROW: usize = 4096;
 
 /// A stack of linear layers, each followed by an activation, on one device.
 #[derive(Debug)]
@@ -88,25 +87,41 @@ impl Dense {
         x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
     }
 
-    /// `x` is `[rows, in]` row-major; returns `[rows, out]` with `activation` applied. Like
-    /// candle, the products are summed first and the bias added last.
-    fn forward_on_host(&self, x: &[f32], activation: Activation) -> Vec<f32> {
+    /// `x` is `[in, rows]`, one column per row; returns `[out, rows]` with `activation`
+    /// applied. Each row's products are summed in input order, the bias added last (as
+    /// candle does), whatever the other rows: the inner loop runs across rows, where it
+    /// vectorizes, and never reorders a row's sum.
+    fn forward_on_host(&self, x: &[f32], rows: usize, activation: Activation) -> Vec<f32> {
         let out_width = self.host_bias.len();
-        let in_width = self.host_weight_t.len() / out_width.max(1);
-        let rows = x.len() / in_width.max(1);
         let mut y = vec![0.0f32; rows * out_width];
-        for (row, sums) in x.chunks_exact(in_width).zip(y.chunks_exact_mut(out_width)) {
-            for (&value, weights) in row.iter().zip(self.host_weight_t.chunks_exact(out_width)) {
-                for (sum, &weight) in sums.iter_mut().zip(weights) {
+        for (column, weights) in x
+            .chunks_exact(rows)
+            .zip(self.host_weight_t.chunks_exact(out_width))
+        {
+            for (sums, &weight) in y.chunks_exact_mut(rows).zip(weights) {
+                for (sum, &value) in sums.iter_mut().zip(column) {
                     *sum += value * weight;
                 }
             }
-            for (sum, &bias) in sums.iter_mut().zip(&self.host_bias) {
+        }
+        for (sums, &bias) in y.chunks_exact_mut(rows).zip(&self.host_bias) {
+            for sum in sums {
                 *sum = activation.apply(*sum + bias);
             }
         }
         y
     }
+}
+
+/// `values` is `[rows, columns]` row-major; returns it as `[columns, rows]`.
+fn transpose(values: &[f32], rows: usize, columns: usize) -> Vec<f32> {
+    let mut transposed = vec![0.0f32; values.len()];
+    for (r, row) in values.chunks_exact(columns).enumerate() {
+        for (c, &value) in row.iter().enumerate() {
+            transposed[c * rows + r] = value;
+        }
+    }
+    transposed
 }
 
 impl Activation {
@@ -168,9 +183,9 @@ impl Mlp {
         })
     }
 
-    /// Whether a pass of `rows` rows runs on plain slices ([`Self::forward_on_host`]).
-    pub(crate) fn runs_on_host(&self, rows: usize) -> bool {
-        self.on_cpu && rows.saturating_mul(self.macs_per_row) <= HOST_PASS_MAX_MACS
+    /// Whether this model's passes run on plain slices ([`Self::forward_on_host`]).
+    pub(crate) fn runs_on_host(&self) -> bool {
+        self.on_cpu && self.macs_per_row <= HOST_MAX_MACS_PER_ROW
     }
 
     /// The pass on plain slices: `input` holds whole rows of the input width, row-major;
@@ -187,16 +202,15 @@ impl Mlp {
             ));
         }
         let rows = input.len() / self.input_width;
-        let mut layers = self.layers.iter();
-        let Some((first, activation)) = layers.next() else {
-            return Err("the MLP has no layers".into());
-        };
-        let mut x = first.forward_on_host(input, *activation);
-        for (dense, activation) in layers {
-            x = dense.forward_on_host(&x, *activation);
+        if rows == 0 {
+            return Err("the pass has no rows".into());
         }
-        let out_width = x.len() / rows.max(1);
-        Ok(([rows, out_width], x))
+        let mut x = transpose(input, rows, self.input_width);
+        for (dense, activation) in &self.layers {
+            x = dense.forward_on_host(&x, rows, *activation);
+        }
+        let out_width = x.len() / rows;
+        Ok(([rows, out_width], transpose(&x, out_width, rows)))
     }
 
     /// `input` is `[rows, ...]`; it is flattened to `[rows, in]` first.
@@ -388,12 +402,39 @@ mod tests {
             &[0.5],
         );
         assert_eq!(model.macs_per_row, 64);
-        assert!(model.runs_on_host(1));
-        assert!(model.runs_on_host(HOST_PASS_MAX_MACS / 64));
-        assert!(!model.runs_on_host(HOST_PASS_MAX_MACS / 64 + 1));
+        assert!(model.runs_on_host());
+        let wide = mlp(
+            &[64, 64, 2],
+            &[Activation::Relu, Activation::Identity],
+            &[0.5],
+        );
+        assert!(wide.macs_per_row > HOST_MAX_MACS_PER_ROW);
+        assert!(!wide.runs_on_host());
         model.on_cpu = false;
-        assert!(!model.runs_on_host(1));
+        assert!(!model.runs_on_host());
         assert!(model.forward_on_host(&[1.0]).is_err());
+    }
+
+    proptest! {
+        /// A row's outputs are the same, bit for bit, alone and among other rows.
+        #[test]
+        fn host_pass_does_not_depend_on_the_other_rows(
+            widths in prop::collection::vec(1usize..12, 2..4),
+            activations in prop::collection::vec(activation(), 3),
+            weights in prop::collection::vec(-2.0f32..2.0, 1..64),
+            inputs in prop::collection::vec(-5.0f32..5.0, 1..200),
+        ) {
+            let model = mlp(&widths, &activations, &weights);
+            let rows = inputs.len() / widths[0];
+            prop_assume!(rows > 0);
+            let input = &inputs[..rows * widths[0]];
+            let (_, together) = model.forward_on_host(input).unwrap();
+            let out = together.len() / rows;
+            for (row, expected) in input.chunks_exact(widths[0]).zip(together.chunks_exact(out)) {
+                let (_, alone) = model.forward_on_host(row).unwrap();
+                prop_assert_eq!(alone.as_slice(), expected);
+            }
+        }
     }
 
     #[test]
