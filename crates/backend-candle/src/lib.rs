@@ -265,12 +265,15 @@ fn runs_in_pool(last_pass: Option<Duration>) -> bool {
 
 impl Backend for CandleBackend {
     fn forward(&mut self, batch: &Batch) -> Result<Batch, EngineError> {
+        // Only a worker with a pool needs its passes timed.
+        let Some(pool) = &self.pool else {
+            return self.model.forward(batch);
+        };
         let started = Instant::now();
-        let output = match &self.pool {
-            Some(pool) if runs_in_pool(self.last_pass) => {
-                pool.install(|| self.model.forward(batch))
-            }
-            _ => self.model.forward(batch),
+        let output = if runs_in_pool(self.last_pass) {
+            pool.install(|| self.model.forward(batch))
+        } else {
+            self.model.forward(batch)
         };
         self.last_pass = Some(started.elapsed());
         output

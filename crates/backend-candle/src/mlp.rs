@@ -54,33 +54,37 @@ pub(crate) struct Mlp {
 struct Dense {
     weight_t: CandleTensor,
     bias: CandleTensor,
-    /// The same values as plain vectors, for passes on the host (empty off the CPU).
+    /// The same values as plain vectors, for a model that runs on slices (else empty).
     host_weight_t: Vec<f32>,
     host_bias: Vec<f32>,
 }
 
 impl Dense {
-    /// From `weight` `[out, in]` and `bias` `[out]`; keeps host copies when `on_cpu`.
-    fn new(weight: &CandleTensor, bias: CandleTensor, on_cpu: bool) -> Result<Self, String> {
+    /// From `weight` `[out, in]` and `bias` `[out]`, without host copies.
+    fn new(weight: &CandleTensor, bias: CandleTensor) -> Result<Self, String> {
         let weight_t = weight
             .t()
             .and_then(|t| t.contiguous())
             .map_err(|e| format!("a weight cannot be transposed: {e}"))?;
-        let host_values = |tensor: &CandleTensor| {
-            if !on_cpu {
-                return Ok(Vec::new());
-            }
+        Ok(Self {
+            weight_t,
+            bias,
+            host_weight_t: Vec::new(),
+            host_bias: Vec::new(),
+        })
+    }
+
+    /// Copies the weights into plain vectors, for a model that runs on slices.
+    fn keep_host_values(&mut self) -> Result<(), String> {
+        let values = |tensor: &CandleTensor| {
             tensor
                 .flatten_all()
                 .and_then(|flat| flat.to_vec1::<f32>())
                 .map_err(|e| format!("a weight cannot be read: {e}"))
         };
-        Ok(Self {
-            host_weight_t: host_values(&weight_t)?,
-            host_bias: host_values(&bias)?,
-            weight_t,
-            bias,
-        })
+        self.host_weight_t = values(&self.weight_t)?;
+        self.host_bias = values(&self.bias)?;
+        Ok(())
     }
 
     fn forward(&self, x: &CandleTensor) -> candle_core::Result<CandleTensor> {
@@ -164,7 +168,7 @@ impl Mlp {
         let mut macs_per_row = 0usize;
         let mut stack = Vec::with_capacity(layers.len());
         for (name, &activation) in layers.iter().zip(activations) {
-            let (linear, out) = take_linear(&mut tensors, name, width, weights, on_cpu)?;
+            let (linear, out) = take_linear(&mut tensors, name, width, weights)?;
             stack.push((linear, activation));
             macs_per_row = macs_per_row.saturating_add(width.saturating_mul(out));
             width = out;
@@ -175,12 +179,25 @@ impl Mlp {
                 output.name, output.len
             ));
         }
-        Ok(Self {
+        let mut mlp = Self {
             layers: stack,
             input_width: input.len,
             macs_per_row,
             on_cpu,
-        })
+        };
+        mlp.keep_host_values_if_used()?;
+        Ok(mlp)
+    }
+
+    /// Host copies of the weights only for a model that runs on slices: a larger one would
+    /// hold its weights twice for nothing.
+    fn keep_host_values_if_used(&mut self) -> Result<(), String> {
+        if self.runs_on_host() {
+            for (dense, _) in &mut self.layers {
+                dense.keep_host_values()?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether this model's passes run on plain slices ([`Self::forward_on_host`]).
@@ -270,7 +287,6 @@ fn take_linear(
     name: &str,
     in_width: usize,
     path: &Path,
-    on_cpu: bool,
 ) -> Result<(Dense, usize), String> {
     let mut take = |suffix: &str| {
         let key = format!("{name}.{suffix}");
@@ -302,7 +318,7 @@ fn take_linear(
             "'{bias_key}' has shape {bias_dims:?}, expected [{out}] to match '{weight_key}'"
         ));
     }
-    let dense = Dense::new(&weight, bias, on_cpu).map_err(|e| format!("layer '{name}': {e}"))?;
+    let dense = Dense::new(&weight, bias).map_err(|e| format!("layer '{name}': {e}"))?;
     Ok((dense, out))
 }
 
@@ -323,15 +339,17 @@ mod tests {
                 let bias: Vec<f32> = next.by_ref().take(out).collect();
                 let weight = CandleTensor::from_vec(weight, (out, inputs), &Device::Cpu).unwrap();
                 let bias = CandleTensor::from_vec(bias, out, &Device::Cpu).unwrap();
-                (Dense::new(&weight, bias, true).unwrap(), activation)
+                (Dense::new(&weight, bias).unwrap(), activation)
             })
             .collect();
-        Mlp {
+        let mut model = Mlp {
             layers,
             input_width: widths[0],
             macs_per_row: widths.windows(2).map(|pair| pair[0] * pair[1]).sum(),
             on_cpu: true,
-        }
+        };
+        model.keep_host_values_if_used().unwrap();
+        model
     }
 
     /// The pass with every input, weight and bias by its absolute value and no activation
@@ -410,6 +428,11 @@ mod tests {
         );
         assert!(wide.macs_per_row > HOST_MAX_MACS_PER_ROW);
         assert!(!wide.runs_on_host());
+        assert!(
+            wide.layers
+                .iter()
+                .all(|(dense, _)| dense.host_weight_t.is_empty())
+        );
         model.on_cpu = false;
         assert!(!model.runs_on_host());
         assert!(model.forward_on_host(&[1.0]).is_err());

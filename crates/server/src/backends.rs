@@ -18,7 +18,7 @@ pub const COMPILED: &[&str] = &[
 
 /// candle's CPU matmul looks up its thread count on every call: `RAYON_NUM_THREADS`, else
 /// the physical core count, which it counts by reading `/proc/cpuinfo` anew each time (about
-/// 20 µs, ten times the example model's pass). Setting the variable to that same count once
+/// 20 µs, more than a small model's whole pass). Setting the variable to that same count once
 /// makes every lookup an environment read and changes nothing else. The server and the
 /// benchmarks call it first thing.
 ///
