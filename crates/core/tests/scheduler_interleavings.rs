@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// One client: how many rows it sends, at which priority, after how many yields, and
-/// whether through `submit_alone` (run at once when the scheduler is idle).
+/// whether through `submit_inline` (run at once when an engine slot is free).
 #[derive(Debug, Clone)]
 struct Client {
     rows: usize,
@@ -65,7 +65,7 @@ async fn check(
                     timeout: None,
                 };
                 if client.alone {
-                    scheduler.submit_alone(request).await
+                    scheduler.submit_inline(request).await
                 } else {
                     scheduler.submit(request).await
                 }

@@ -736,7 +736,7 @@ async fn poll_once<F: std::future::Future>(
 }
 
 #[tokio::test(start_paused = true)]
-async fn submit_alone_runs_at_once_on_the_callers_task_when_the_scheduler_is_idle() {
+async fn submit_inline_runs_at_once_on_the_callers_task_when_the_scheduler_is_idle() {
     let engine = Arc::new(FakeEngine::new());
     let scheduler = start(&engine, config(8));
     // A queued request waits for the worker task, which cannot run inside this one poll.
@@ -744,7 +744,7 @@ async fn submit_alone_runs_at_once_on_the_callers_task_when_the_scheduler_is_idl
     assert!(poll_once(queued.as_mut()).await.is_pending());
     queued.await.unwrap();
 
-    let mut alone = std::pin::pin!(scheduler.submit_alone(request(&[2.0, 3.0], 0)));
+    let mut alone = std::pin::pin!(scheduler.submit_inline(request(&[2.0, 3.0], 0)));
     let std::task::Poll::Ready(answered) = poll_once(alone.as_mut()).await else {
         panic!("an idle scheduler runs the request within the caller's poll");
     };
@@ -760,13 +760,53 @@ async fn submit_alone_runs_at_once_on_the_callers_task_when_the_scheduler_is_idl
 }
 
 #[tokio::test(start_paused = true)]
-async fn submit_alone_queues_behind_a_running_batch_and_is_batched_with_others() {
+async fn submit_inline_takes_every_free_engine_slot_then_queues() {
+    let engine = Arc::new(FakeEngine::new().with_instances(2));
+    let scheduler = start(&engine, config(8));
+    engine.hold();
+    let mut first = Box::pin(scheduler.submit_inline(request(&[1.0], 0)));
+    let mut second = Box::pin(scheduler.submit_inline(request(&[2.0], 0)));
+    assert!(poll_once(first.as_mut()).await.is_pending());
+    assert!(poll_once(second.as_mut()).await.is_pending());
+    // Both run on their callers' tasks, each in an engine slot of its own.
+    assert_eq!(engine.batches(), vec![vec![1.0], vec![2.0]]);
+    assert_eq!(scheduler.queue_len(), 0);
+    // Every slot is taken: the next request waits in the queue for a worker.
+    let third = enqueue_inline(&scheduler, request(&[3.0], 0)).await;
+    assert_eq!(engine.batches().len(), 2);
+    engine.release();
+    assert_eq!(first.await.unwrap().outputs, outputs_for(&[1.0]));
+    assert_eq!(second.await.unwrap().outputs, outputs_for(&[2.0]));
+    // Bounded: a worker left asleep would never answer.
+    let third = tokio::time::timeout(Duration::from_secs(60), answer(third))
+        .await
+        .expect("the queued row runs once an inline batch frees its slot");
+    assert_eq!(third.unwrap().outputs, outputs_for(&[3.0]));
+    assert_eq!(engine.batches(), vec![vec![1.0], vec![2.0], vec![3.0]]);
+}
+
+/// Spawns `submit_inline` and waits until its rows are queued.
+async fn enqueue_inline(
+    scheduler: &Scheduler,
+    request: InferenceRequest,
+) -> JoinHandle<Result<InferenceResponse, EngineError>> {
+    let queued = scheduler.queue_len() + request.samples.len();
+    let handle = {
+        let scheduler = scheduler.clone();
+        tokio::spawn(async move { scheduler.submit_inline(request).await })
+    };
+    until("the request is queued", || scheduler.queue_len() == queued).await;
+    handle
+}
+
+#[tokio::test(start_paused = true)]
+async fn submit_inline_queues_behind_a_running_batch_and_is_batched_with_others() {
     let engine = Arc::new(FakeEngine::new());
     let scheduler = start(&engine, config(8));
     let running = occupy(&engine, &scheduler).await;
     let alone = {
         let scheduler = scheduler.clone();
-        tokio::spawn(async move { scheduler.submit_alone(request(&[1.0], 0)).await })
+        tokio::spawn(async move { scheduler.submit_inline(request(&[1.0], 0)).await })
     };
     until("the request is queued", || scheduler.queue_len() == 1).await;
     let other = enqueue(&scheduler, request(&[2.0], 0)).await;
@@ -778,10 +818,10 @@ async fn submit_alone_queues_behind_a_running_batch_and_is_batched_with_others()
 }
 
 #[tokio::test(start_paused = true)]
-async fn submit_alone_splits_a_request_larger_than_a_batch_through_the_queue() {
+async fn submit_inline_splits_a_request_larger_than_a_batch_through_the_queue() {
     let engine = Arc::new(FakeEngine::new());
     let scheduler = start(&engine, config(2));
-    let mut alone = std::pin::pin!(scheduler.submit_alone(request(&[1.0, 2.0, 3.0], 0)));
+    let mut alone = std::pin::pin!(scheduler.submit_inline(request(&[1.0, 2.0, 3.0], 0)));
     assert!(poll_once(alone.as_mut()).await.is_pending());
     let response = alone.await.unwrap();
     assert_eq!(response.outputs, outputs_for(&[1.0, 2.0, 3.0]));
@@ -789,7 +829,7 @@ async fn submit_alone_splits_a_request_larger_than_a_batch_through_the_queue() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn submit_alone_keeps_deadlines_failures_and_cancellation() {
+async fn submit_inline_keeps_deadlines_failures_and_cancellation() {
     let engine = Arc::new(
         FakeEngine::new()
             .with_delay(Duration::from_millis(10))
@@ -800,21 +840,21 @@ async fn submit_alone_keeps_deadlines_failures_and_cancellation() {
     let mut late = request(&[1.0], 0);
     late.timeout = Some(Duration::from_millis(5));
     assert!(matches!(
-        scheduler.submit_alone(late).await,
+        scheduler.submit_inline(late).await,
         Err(EngineError::DeadlineExceeded(t)) if t == Duration::from_millis(5)
     ));
     assert!(matches!(
-        scheduler.submit_alone(request(&[7.0], 0)).await,
+        scheduler.submit_inline(request(&[7.0], 0)).await,
         Err(EngineError::Backend(_))
     ));
     assert!(matches!(
-        scheduler.submit_alone(request(&[8.0], 0)).await,
+        scheduler.submit_inline(request(&[8.0], 0)).await,
         Err(EngineError::Panicked(_))
     ));
 
     // A caller that stops waiting is counted as cancelled, and the scheduler is idle again.
     engine.hold();
-    let mut dropped = Box::pin(scheduler.submit_alone(request(&[2.0], 0)));
+    let mut dropped = Box::pin(scheduler.submit_inline(request(&[2.0], 0)));
     assert!(poll_once(dropped.as_mut()).await.is_pending());
     drop(dropped);
     engine.release();
@@ -830,7 +870,7 @@ async fn submit_alone_keeps_deadlines_failures_and_cancellation() {
     );
     assert_eq!(
         scheduler
-            .submit_alone(request(&[3.0], 0))
+            .submit_inline(request(&[3.0], 0))
             .await
             .unwrap()
             .outputs,
@@ -840,12 +880,12 @@ async fn submit_alone_keeps_deadlines_failures_and_cancellation() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn submit_alone_after_shutdown_is_refused() {
+async fn submit_inline_after_shutdown_is_refused() {
     let engine = Arc::new(FakeEngine::new());
     let scheduler = start(&engine, config(8));
     scheduler.shutdown().await;
     assert!(matches!(
-        scheduler.submit_alone(request(&[1.0], 0)).await,
+        scheduler.submit_inline(request(&[1.0], 0)).await,
         Err(EngineError::Unavailable(_))
     ));
     assert!(engine.batches().is_empty());
@@ -858,7 +898,7 @@ async fn rows_queued_while_an_inline_batch_runs_wait_for_its_slot_and_batch_toge
     engine.hold();
     let alone = {
         let scheduler = scheduler.clone();
-        tokio::spawn(async move { scheduler.submit_alone(request(&[1.0], 0)).await })
+        tokio::spawn(async move { scheduler.submit_inline(request(&[1.0], 0)).await })
     };
     engine.wait_for_batches(1).await;
     // The inline batch holds the engine's one slot: the worker leaves these queued.
@@ -876,7 +916,7 @@ async fn a_cancelled_inline_batch_frees_its_slot_for_the_rows_queued_behind_it()
     let engine = Arc::new(FakeEngine::new());
     let scheduler = start(&engine, config(8));
     engine.hold();
-    let mut alone = Box::pin(scheduler.submit_alone(request(&[1.0], 0)));
+    let mut alone = Box::pin(scheduler.submit_inline(request(&[1.0], 0)));
     assert!(poll_once(alone.as_mut()).await.is_pending());
     let queued = enqueue(&scheduler, request(&[2.0], 0)).await;
     drop(alone);

@@ -251,11 +251,7 @@ async fn infer_decoded(
         priority,
         timeout,
     };
-    let response = if crate::edge::handling_one_request() {
-        model.scheduler.submit_alone(request).await?
-    } else {
-        model.scheduler.submit(request).await?
-    };
+    let response = model.submit(request).await?;
 
     let post_started = Instant::now();
     let mut predictions: Vec<Option<Prediction>> = vec![None; count];

@@ -8,7 +8,7 @@ use crate::error::ApiError;
 use crate::probe::Probe;
 use crate::processing::Processing;
 use crate::repository::{self, Discovered};
-use inference_core::scheduler::Scheduler;
+use inference_core::scheduler::{InferenceRequest, InferenceResponse, Scheduler};
 use inference_core::{Batch, EngineError, EngineInfo, InferenceEngine, ModelManifest, Sample};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -54,6 +54,22 @@ impl ConstantParts {
 impl ModelHandle {
     pub fn info(&self) -> &EngineInfo {
         self.scheduler.engine().info()
+    }
+
+    /// Runs a request through the model's scheduler. Its batch runs at once on the
+    /// handler's task when an engine slot is free and nothing is queued, wherever that
+    /// loses no batching: the scheduler waits for no batch to fill, or this is the only
+    /// request in progress (see [`Scheduler::submit_inline`]).
+    pub async fn submit(
+        &self,
+        request: InferenceRequest,
+    ) -> Result<InferenceResponse, EngineError> {
+        if self.scheduler.config().max_queue_delay.is_zero() || crate::edge::handling_one_request()
+        {
+            self.scheduler.submit_inline(request).await
+        } else {
+            self.scheduler.submit(request).await
+        }
     }
 
     /// `model_info` and `metadata` of a single prediction.

@@ -186,17 +186,21 @@ impl Scheduler {
         self.submit_as(request, false).await
     }
 
-    /// [`submit`](Self::submit) for a caller that knows no other request is on its way,
-    /// such as a server with this one request in progress. When no rows are queued or
-    /// claimed, the request's batch runs at once on the caller's task: there is nothing
-    /// to batch it with, and handing it to a worker task and back costs a small model
-    /// most of its latency (a wake, and often a second thread). Otherwise, or when the
-    /// request has more rows than one batch holds, it is queued as by `submit`.
+    /// [`submit`](Self::submit) that runs the request's batch at once on the caller's task
+    /// when an engine slot is free and no rows are queued, instead of handing it to a
+    /// worker task and back: for a small model that hand-off (a wake, and often a second
+    /// thread) costs more than the pass. Otherwise, or when the request has more rows than
+    /// one batch holds, it is queued as by `submit`.
+    ///
+    /// For a caller that would gain nothing by waiting for rows to batch with: the
+    /// scheduler waits for no batch to fill (`max_queue_delay` zero, so a worker would
+    /// claim the rows at once and alone), or no other request can arrive before the answer
+    /// (a server with this one request in progress).
     ///
     /// A batch run this way counts as a batch in the stats and metrics like any other and
     /// holds one of the `instances` engine slots while it runs: rows queued meanwhile wait
     /// for a free slot, and so batch together, as they would behind a worker's batch.
-    pub async fn submit_alone(
+    pub async fn submit_inline(
         &self,
         request: InferenceRequest,
     ) -> Result<InferenceResponse, EngineError> {
@@ -206,7 +210,7 @@ impl Scheduler {
     async fn submit_as(
         &self,
         request: InferenceRequest,
-        alone: bool,
+        inline: bool,
     ) -> Result<InferenceResponse, EngineError> {
         let shared = &self.handle.shared;
         validate_samples(&shared.engine.info().model, &request.samples)?;
@@ -219,9 +223,9 @@ impl Scheduler {
         }
         let enqueued = Instant::now();
         let timeout = request.timeout.or(shared.config.default_timeout);
-        if alone
+        if inline
             && rows <= shared.config.max_batch_size
-            && let Some(busy) = shared.claim_idle()
+            && let Some(busy) = shared.claim_free_slot()
         {
             let deadline = timeout.and_then(|t| enqueued.checked_add(t));
             let ran = shared.run_inline(&request.samples, enqueued, deadline, timeout);
@@ -381,7 +385,7 @@ struct Shared {
     /// Woken when rows are queued or the queue closes.
     rows_available: Notify,
     /// Batches claimed and not yet finished: by workers (from their first claimed row)
-    /// and run inline by [`Scheduler::submit_alone`]. Raised only under the queue lock,
+    /// and run inline by [`Scheduler::submit_inline`]. Raised only under the queue lock,
     /// so an empty queue with nothing busy means no accepted request is waiting.
     busy: AtomicUsize,
     counters: Mutex<Counters>,
@@ -461,21 +465,24 @@ impl Shared {
         }
     }
 
-    /// Marks one inline batch as busy when the scheduler is idle: nothing queued, nothing
-    /// claimed, nothing running, and the queue open.
-    fn claim_idle(&self) -> Option<InlineSlot<'_>> {
+    /// Takes an engine slot for an inline batch when one is free, nothing is queued and
+    /// the queue is open.
+    fn claim_free_slot(&self) -> Option<InlineSlot<'_>> {
         let queue = lock(&self.queue);
         if queue.is_closed() || queue.rows() > 0 {
             return None;
         }
+        let slots = self.config.instances;
         self.busy
-            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |busy| {
+                (busy < slots).then_some(busy + 1)
+            })
             .ok()?;
         Some(InlineSlot(self))
     }
 
     /// Runs one request's rows as a batch on the caller's task and answers it; see
-    /// [`Scheduler::submit_alone`]. Same accounting as a worker's batch.
+    /// [`Scheduler::submit_inline`]. Same accounting as a worker's batch.
     async fn run_inline(
         &self,
         samples: &[Sample],
@@ -824,15 +831,20 @@ impl Drop for Busy<'_> {
 }
 
 /// The count in [`Shared::busy`] of an inline batch. Given back when dropped (also when
-/// the caller stops waiting), with a wake for a worker that left rows queued because
-/// every engine slot was taken. (A worker's own slot needs no wake: the worker that
-/// frees it claims next.)
+/// the caller stops waiting), with a wake for the workers when rows are queued: they left
+/// them there because every engine slot was taken. (A worker's own slot needs no wake: the
+/// worker that frees it claims next.) With nothing queued there is no one to wake, and
+/// under load a wake per inline batch would cost a worker task's poll each time.
 struct InlineSlot<'a>(&'a Shared);
 
 impl Drop for InlineSlot<'_> {
     fn drop(&mut self) {
         self.0.busy.fetch_sub(1, Ordering::AcqRel);
-        self.0.rows_available.notify_waiters();
+        // Read after the release: a worker that saw every slot taken registered for the
+        // wake before it looked, and the rows it left are still queued now.
+        if lock(&self.0.queue).rows() > 0 {
+            self.0.rows_available.notify_waiters();
+        }
     }
 }
 

@@ -204,7 +204,6 @@ pub async fn infer(
     let priority = priority_level(state.config().batching.priority_levels, request.priority)?;
     let samples = tensors::batch_rows(spec, request.inputs)?;
     let response = model
-        .scheduler
         .submit(InferenceRequest {
             samples,
             priority,
