@@ -36,6 +36,9 @@ struct HttpArgs {
     /// Seconds of load per cell [example default: 5].
     #[arg(long)]
     secs: Option<f64>,
+    /// Turns per cell of the server, the floor and the baseline [example default: 3].
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Comma-separated connection counts [example default: 1,16,32,64].
     #[arg(long, value_delimiter = ',')]
     concurrency: Vec<usize>,
@@ -57,6 +60,9 @@ impl HttpArgs {
         let mut args = vec!["--oha".to_string(), oha.display().to_string()];
         if let Some(secs) = self.secs {
             args.extend(["--secs".to_string(), secs.to_string()]);
+        }
+        if let Some(rounds) = self.rounds {
+            args.extend(["--rounds".to_string(), rounds.to_string()]);
         }
         if !self.concurrency.is_empty() {
             let counts: Vec<String> = self.concurrency.iter().map(usize::to_string).collect();
@@ -368,6 +374,34 @@ mod tests {
         assert!(BatchingArgs::default().forwarded().is_empty());
         assert!(EnginesArgs::default().forwarded().unwrap().is_empty());
         assert!(GoodputArgs::default().forwarded().unwrap().is_empty());
+    }
+
+    #[test]
+    fn http_flags_are_forwarded_after_the_oha_binary() {
+        let oha = std::path::Path::new("/opt/oha");
+        assert_eq!(
+            HttpArgs::default().forwarded(oha).unwrap(),
+            ["--oha", "/opt/oha"]
+        );
+        let args = HttpArgs {
+            secs: Some(6.0),
+            rounds: Some(2),
+            concurrency: vec![1, 32],
+            ..HttpArgs::default()
+        };
+        assert_eq!(
+            args.forwarded(oha).unwrap(),
+            [
+                "--oha",
+                "/opt/oha",
+                "--secs",
+                "6",
+                "--rounds",
+                "2",
+                "--concurrency",
+                "1,32"
+            ]
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Run through `cargo xtask bench http`, which builds this example, the release server and
 //! the floor (`examples/http_floor.rs`) and installs `oha`. For each route and concurrency
 //! the floor and the server are driven in turn with the same `oha` command (closed loop,
-//! keep-alive), so every figure sits beside its ratio to the floor measured moments apart.
+//! keep-alive), in `--rounds` turns each, so every figure sits beside its ratio to the floor
+//! measured moments apart; a cell's p50 and p99 are the median of its rounds'.
 //! Also measured: the engine's own batch-1 forward pass in-process, so that server overhead
 //! = served p50 at concurrency 1 minus engine p50; ResNet-18's best rows/s in-process, just
 //! before its served cells; and start to ready and idle memory.
@@ -35,6 +36,10 @@ struct Args {
     /// Seconds of load per cell.
     #[arg(long, default_value_t = 5.0)]
     secs: f64,
+    /// Rounds per cell: the server, the floor and the baseline take turns this many times,
+    /// each for `secs / rounds` (cells with a minimum length run as one round).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Comma-separated connection counts.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 32, 64])]
     concurrency: Vec<usize>,
@@ -115,6 +120,7 @@ fn main() -> Result<()> {
 async fn run() -> Result<()> {
     let args = Args::parse();
     ensure!(args.secs > 0.0, "--secs must be positive");
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let model_dir = args
         .model_dir
@@ -240,28 +246,42 @@ async fn run() -> Result<()> {
             oha.run_with_headers(&url, 4, 1.0, &body, &scenario.headers)
                 .await?;
         }
-        let secs = args.secs.max(scenario.min_secs);
+        let (rounds, secs) = if scenario.min_secs > 0.0 {
+            (1, args.secs.max(scenario.min_secs))
+        } else {
+            (args.rounds, args.secs / args.rounds as f64)
+        };
         for &concurrency in &args.concurrency {
-            let floor_run = if scenario.floor {
-                let url = format!("{}{}", floor.base(), scenario.path);
-                Some(oha.run(&url, concurrency, secs, &body).await?)
-            } else {
-                None
-            };
-            let baseline_run = match &baseline {
-                Some(baseline) => {
+            let mut floor_rounds = Vec::new();
+            let mut baseline_rounds = Vec::new();
+            let mut server_rounds = Vec::new();
+            for _ in 0..rounds {
+                if scenario.floor {
+                    let url = format!("{}{}", floor.base(), scenario.path);
+                    floor_rounds.push(oha.run(&url, concurrency, secs, &body).await?);
+                }
+                if let Some(baseline) = &baseline {
                     let url = format!("{}{}", baseline.base(), scenario.path);
-                    Some(
+                    baseline_rounds.push(
                         oha.run_with_headers(&url, concurrency, secs, &body, &scenario.headers)
                             .await?,
-                    )
+                    );
                 }
-                None => None,
-            };
-            let url = format!("{}{}", server.base(), scenario.path);
-            let server_run = oha
-                .run_with_headers(&url, concurrency, secs, &body, &scenario.headers)
-                .await?;
+                let url = format!("{}{}", server.base(), scenario.path);
+                server_rounds.push(
+                    oha.run_with_headers(&url, concurrency, secs, &body, &scenario.headers)
+                        .await?,
+                );
+            }
+            let floor_run = scenario
+                .floor
+                .then(|| support::OhaRun::combine(floor_rounds))
+                .transpose()?;
+            let baseline_run = baseline
+                .is_some()
+                .then(|| support::OhaRun::combine(baseline_rounds))
+                .transpose()?;
+            let server_run = support::OhaRun::combine(server_rounds)?;
             eprintln!(
                 "{} c={concurrency}: server {:.0} req/s p50 {:.3} ms{}",
                 scenario.name,

@@ -208,6 +208,40 @@ pub(crate) struct OhaRun {
     pub(crate) statuses: std::collections::BTreeMap<String, u64>,
 }
 
+impl OhaRun {
+    /// One figure from rounds of equal length: requests/s their mean (all requests over all
+    /// the time), p50 and p99 the median of the rounds' (a round that fell in a slow or
+    /// fast spell of the machine moves it no further than its neighbours), counts summed.
+    pub(crate) fn combine(rounds: Vec<OhaRun>) -> Result<OhaRun> {
+        ensure!(!rounds.is_empty(), "no rounds to combine");
+        let median = |pick: fn(&OhaRun) -> f64| {
+            let mut values: Vec<f64> = rounds.iter().map(pick).collect();
+            values.sort_by(f64::total_cmp);
+            let middle = values.len() / 2;
+            if values.len() % 2 == 1 {
+                values[middle]
+            } else {
+                (values[middle - 1] + values[middle]) / 2.0
+            }
+        };
+        let mut statuses = std::collections::BTreeMap::new();
+        for round in &rounds {
+            for (status, count) in &round.statuses {
+                *statuses.entry(status.clone()).or_insert(0) += count;
+            }
+        }
+        Ok(OhaRun {
+            requests_per_s: rounds.iter().map(|r| r.requests_per_s).sum::<f64>()
+                / rounds.len() as f64,
+            p50_ms: median(|r| r.p50_ms),
+            p99_ms: median(|r| r.p99_ms),
+            ok: rounds.iter().map(|r| r.ok).sum(),
+            errors: rounds.iter().map(|r| r.errors).sum(),
+            statuses,
+        })
+    }
+}
+
 impl Oha {
     pub(crate) fn new(binary: &Path) -> Result<Self> {
         let version = std::process::Command::new(binary)
@@ -257,7 +291,10 @@ impl Oha {
         }
         let output = command
             .args(["--no-tui", "--output-format", "json", "-w"])
-            .args(["-z", &format!("{secs}s"), "-c", &connections.to_string()])
+            // Whole milliseconds: oha refuses a duration written with more digits than it
+            // can hold (a third of 5 s, say).
+            .args(["-z", &format!("{}ms", (secs * 1e3).round() as u64)])
+            .args(["-c", &connections.to_string()])
             .args(["-m", "POST", "-T", "application/json", "-D"])
             .arg(body)
             .arg(url)
