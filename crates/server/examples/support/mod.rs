@@ -351,3 +351,53 @@ impl Oha {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(requests_per_s: f64, p50_ms: f64, p99_ms: f64, errors: u64) -> OhaRun {
+        let mut statuses = std::collections::BTreeMap::new();
+        statuses.insert("200".to_string(), 100);
+        if errors > 0 {
+            statuses.insert("503".to_string(), errors);
+        }
+        OhaRun {
+            requests_per_s,
+            p50_ms,
+            p99_ms,
+            ok: 100,
+            errors,
+            statuses,
+        }
+    }
+
+    #[test]
+    fn rounds_combine_into_their_mean_rate_median_latencies_and_summed_counts() {
+        let combined = OhaRun::combine(vec![
+            round(900.0, 0.050, 0.2, 0),
+            round(1200.0, 0.100, 0.9, 3),
+            round(1200.0, 0.090, 0.3, 1),
+        ])
+        .unwrap();
+        assert_eq!(combined.requests_per_s, 1100.0);
+        assert_eq!((combined.p50_ms, combined.p99_ms), (0.090, 0.3));
+        assert_eq!((combined.ok, combined.errors), (300, 4));
+        assert_eq!(combined.statuses["200"], 300);
+        assert_eq!(combined.statuses["503"], 4);
+    }
+
+    #[test]
+    fn an_even_number_of_rounds_takes_the_middle_two_and_none_is_refused() {
+        let combined = OhaRun::combine(vec![
+            round(1.0, 0.4, 1.0, 0),
+            round(1.0, 0.1, 4.0, 0),
+            round(1.0, 0.2, 2.0, 0),
+            round(1.0, 0.3, 3.0, 0),
+        ])
+        .unwrap();
+        assert!((combined.p50_ms - 0.25).abs() < 1e-12, "{combined:?}");
+        assert!((combined.p99_ms - 2.5).abs() < 1e-12, "{combined:?}");
+        assert!(OhaRun::combine(Vec::new()).is_err());
+    }
+}
