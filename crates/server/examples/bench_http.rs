@@ -92,6 +92,8 @@ struct Row {
 struct Report {
     backend: String,
     secs: f64,
+    /// Turns per cell (`--rounds`); ResNet-18's cells run as one.
+    rounds: usize,
     engine_p50_ms: f64,
     /// Rows over the summed time of the passes, as `bench engines` counts samples/s.
     resnet_engine_best_rows_per_s: Option<f64>,
@@ -312,6 +314,7 @@ async fn run() -> Result<()> {
     let report = Report {
         backend: args.backend.clone(),
         secs: args.secs,
+        rounds: args.rounds,
         engine_p50_ms: engine_p50.as_secs_f64() * 1e3,
         resnet_engine_best_rows_per_s: resnet_best.map(|rates| rates.overall),
         resnet_engine_best_rows_per_s_by_median: resnet_best.map(|rates| rates.by_median),
@@ -424,9 +427,10 @@ fn render(report: &Report, scenarios: &[Scenario]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "backend {}, {} s per cell (ResNet-18: 15 s at least); the example model alone: start to ready {:.0} ms, idle RSS {:.1} MiB; every model: {:.0} ms, {:.1} MiB (floor {:.1} MiB)\n",
+        "backend {}, {} s per cell in {} rounds (ResNet-18: one round of 15 s at least); the example model alone: start to ready {:.0} ms, idle RSS {:.1} MiB; every model: {:.0} ms, {:.1} MiB (floor {:.1} MiB)\n",
         report.backend,
         report.secs,
+        report.rounds,
         report.example_start_to_ready_ms,
         report.example_idle_rss_mib,
         report.server_start_to_ready_ms,
