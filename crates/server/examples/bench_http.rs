@@ -6,8 +6,9 @@
 //! keep-alive), in `--rounds` turns each, so every figure sits beside its ratio to the floor
 //! measured moments apart; a cell's p50 and p99 are the median of its rounds'.
 //! Also measured: the engine's own batch-1 forward pass in-process, so that server overhead
-//! = served p50 at concurrency 1 minus engine p50; ResNet-18's best rows/s in-process, just
-//! before its served cells; and start to ready and idle memory.
+//! = served p50 at concurrency 1 minus engine p50; ResNet-18's best batch size in-process,
+//! found before its first cell, and its rows/s at that size in a turn of its own in each
+//! round of ResNet-18's cells; and start to ready and idle memory.
 //!
 //! Writes `http.json`, `http.md` and `http.svg` (requests/s by concurrency) to `--out`
 //! (default `target/bench`).
@@ -37,7 +38,7 @@ struct Args {
     #[arg(long, default_value_t = 5.0)]
     secs: f64,
     /// Rounds per cell: the server, the floor and the baseline take turns this many times,
-    /// each for `secs / rounds` (cells with a minimum length run as one round).
+    /// each for `secs / rounds` (or a route's minimum round, 10 s for ResNet-18).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Comma-separated connection counts.
@@ -74,9 +75,25 @@ struct Scenario {
     rows: usize,
     /// Extra request headers (`Name: value`).
     headers: Vec<String>,
-    /// Seconds per cell at least, whatever `--secs` says: where an answer takes a second,
-    /// a short cell is mostly the ramp up and down of its first and last batches.
+    /// Seconds per round at least, whatever `--secs` says: where an answer takes a second,
+    /// a short round is mostly the ramp up and down of its first and last batches.
     min_secs: f64,
+    /// Whether its cells at concurrency 1 put `oha` and the servers on separate cores. A
+    /// model whose passes use every core (ResNet-18) runs where the kernel puts it.
+    pin_alone: bool,
+}
+
+/// Where the concurrency-1 cells run: on this virtual machine a lone request's latency
+/// depends mostly on whether the kernel puts the load generator and the server on one core
+/// (no wake at all: the floor's p50 17.5 µs) or on two (a wake of an idle core each way:
+/// about 90 µs), and it picks one or the other from one `oha` run to the next. Pinned,
+/// every server meets its requests as from a client on another core.
+#[derive(Debug, Clone, Serialize)]
+struct Pinning {
+    /// `taskset` CPU lists.
+    load_generator: String,
+    servers: String,
+    all: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,19 +103,29 @@ struct Row {
     server: support::OhaRun,
     floor: Option<support::OhaRun>,
     baseline: Option<support::OhaRun>,
+    /// ResNet-18's rows: the engine's rows/s in-process at its best batch size, measured
+    /// for 3 s before each of the cell's rounds with the servers idle (this machine's speed
+    /// drifts): the rows of all those passes over their summed time.
+    engine_rows_per_s: Option<f64>,
+    /// Whether `oha` and the servers ran on separate cores.
+    pinned: bool,
 }
 
 #[derive(Debug, Serialize)]
 struct Report {
     backend: String,
     secs: f64,
-    /// Turns per cell (`--rounds`); ResNet-18's cells run as one.
+    /// Turns per cell (`--rounds`).
     rounds: usize,
     engine_p50_ms: f64,
     /// Rows over the summed time of the passes, as `bench engines` counts samples/s.
     resnet_engine_best_rows_per_s: Option<f64>,
     /// Rows over the median pass, for comparison.
     resnet_engine_best_rows_per_s_by_median: Option<f64>,
+    /// The batch size of the best rows/s, at which each ResNet-18 cell's engine is measured.
+    resnet_engine_best_batch_size: Option<usize>,
+    /// Where the pinned cells ran; none where the machine has one core or no `taskset`.
+    pinning: Option<Pinning>,
     /// The example model alone on this backend: exec until `/health` answers 200.
     example_start_to_ready_ms: f64,
     /// The example model alone, one second after it was ready.
@@ -137,7 +164,14 @@ async fn run() -> Result<()> {
         .p50;
     let resnet_dir = model_dir.join("resnet18");
     let resnet = resnet_dir.join("model.toml").is_file();
-    let mut resnet_best: Option<EngineRates> = None;
+    // ResNet-18's manifest and its best in-process rates, found before its first cell.
+    let mut resnet_reference: Option<(ModelManifest, EngineRates)> = None;
+    let cores = std::thread::available_parallelism()?.get();
+    let pinning = (cores >= 2 && support::can_pin()).then(|| Pinning {
+        load_generator: "0".to_string(),
+        servers: format!("1-{}", cores - 1),
+        all: format!("0-{}", cores - 1),
+    });
 
     let binary = default_server_binary()?;
     let served = |binary: &std::path::Path, dir: &std::path::Path| {
@@ -182,6 +216,7 @@ async fn run() -> Result<()> {
             rows: 1,
             headers: Vec::new(),
             min_secs: 0.0,
+            pin_alone: true,
         },
         Scenario {
             name: "/predict/batch (8)",
@@ -191,6 +226,7 @@ async fn run() -> Result<()> {
             rows: 8,
             headers: Vec::new(),
             min_secs: 0.0,
+            pin_alone: true,
         },
         Scenario {
             name: "v2 infer, JSON",
@@ -201,6 +237,7 @@ async fn run() -> Result<()> {
             rows: 1,
             headers: Vec::new(),
             min_secs: 0.0,
+            pin_alone: true,
         },
         v2_binary_scenario(),
     ];
@@ -215,7 +252,8 @@ async fn run() -> Result<()> {
             floor: false,
             rows: 1,
             headers: Vec::new(),
-            min_secs: 15.0,
+            min_secs: 10.0,
+            pin_alone: false,
         });
     }
 
@@ -226,7 +264,8 @@ async fn run() -> Result<()> {
             // Just before its served cells, with the servers idle: this machine's speed
             // drifts over the minutes the other routes take.
             let manifest = ModelManifest::load(&resnet_dir)?;
-            resnet_best = Some(engine_best_rows_per_s(&args.backend, &manifest).await?);
+            let best = engine_best_rows_per_s(&args.backend, &manifest).await?;
+            resnet_reference = Some((manifest, best));
         }
         let body = scratch.path().join("body.json");
         std::fs::write(&body, &scenario.body)?;
@@ -248,16 +287,39 @@ async fn run() -> Result<()> {
             oha.run_with_headers(&url, 4, 1.0, &body, &scenario.headers)
                 .await?;
         }
-        let (rounds, secs) = if scenario.min_secs > 0.0 {
-            (1, args.secs.max(scenario.min_secs))
-        } else {
-            (args.rounds, args.secs / args.rounds as f64)
-        };
+        let secs = (args.secs / args.rounds as f64).max(scenario.min_secs);
         for &concurrency in &args.concurrency {
             let mut floor_rounds = Vec::new();
             let mut baseline_rounds = Vec::new();
             let mut server_rounds = Vec::new();
-            for _ in 0..rounds {
+            // ResNet-18's engine, at its best batch size, takes a turn of its own in each
+            // round, with the servers idle.
+            let engine_turns = resnet_reference
+                .as_ref()
+                .filter(|_| scenario.name == RESNET_SCENARIO)
+                .map(|(manifest, best)| (manifest, best.batch_size));
+            let mut engine_rows = 0;
+            let mut engine_time = Duration::ZERO;
+            let pin_servers = |cpus: &str| {
+                [Some(&server), Some(&floor), baseline.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .try_for_each(|process| process.pin(cpus))
+            };
+            let pinned = match &pinning {
+                Some(pinning) if concurrency == 1 && scenario.pin_alone => {
+                    pin_servers(&pinning.servers)?;
+                    Some(oha.pinned(&pinning.load_generator))
+                }
+                _ => None,
+            };
+            let oha = pinned.as_ref().unwrap_or(&oha);
+            for _ in 0..args.rounds {
+                if let Some((manifest, size)) = engine_turns {
+                    let times = engine_pass_times(&args.backend, manifest, size, 3.0).await?;
+                    engine_rows += size * times.passes;
+                    engine_time += times.total;
+                }
                 if scenario.floor {
                     let url = format!("{}{}", floor.base(), scenario.path);
                     floor_rounds.push(oha.run(&url, concurrency, secs, &body).await?);
@@ -284,6 +346,12 @@ async fn run() -> Result<()> {
                 .then(|| support::OhaRun::combine(baseline_rounds))
                 .transpose()?;
             let server_run = support::OhaRun::combine(server_rounds)?;
+            let engine_rows_per_s = engine_turns
+                .is_some()
+                .then(|| engine_rows as f64 / engine_time.as_secs_f64());
+            if let (Some(pinning), Some(_)) = (&pinning, &pinned) {
+                pin_servers(&pinning.all)?;
+            }
             eprintln!(
                 "{} c={concurrency}: server {:.0} req/s p50 {:.3} ms{}",
                 scenario.name,
@@ -303,6 +371,8 @@ async fn run() -> Result<()> {
                 server: server_run,
                 floor: floor_run,
                 baseline: baseline_run,
+                engine_rows_per_s,
+                pinned: pinned.is_some(),
             });
         }
     }
@@ -311,6 +381,7 @@ async fn run() -> Result<()> {
     drop(floor);
     drop(baseline);
 
+    let resnet_best = resnet_reference.map(|(_, best)| best);
     let report = Report {
         backend: args.backend.clone(),
         secs: args.secs,
@@ -318,6 +389,8 @@ async fn run() -> Result<()> {
         engine_p50_ms: engine_p50.as_secs_f64() * 1e3,
         resnet_engine_best_rows_per_s: resnet_best.map(|rates| rates.overall),
         resnet_engine_best_rows_per_s_by_median: resnet_best.map(|rates| rates.by_median),
+        resnet_engine_best_batch_size: resnet_best.map(|rates| rates.batch_size),
+        pinning,
         example_start_to_ready_ms: example_ready_after.as_secs_f64() * 1e3,
         example_idle_rss_mib: example_idle_rss,
         server_start_to_ready_ms: server_ready_after.as_secs_f64() * 1e3,
@@ -352,6 +425,7 @@ fn v2_binary_scenario() -> Scenario {
         rows: 1,
         headers: vec![format!("Inference-Header-Content-Length: {}", header.len())],
         min_secs: 0.0,
+        pin_alone: true,
     }
 }
 
@@ -362,6 +436,13 @@ struct PassTimes {
     total: Duration,
 }
 
+impl PassTimes {
+    /// Rows of every measured pass of `size` rows over their summed time.
+    fn rows_per_s(&self, size: usize) -> f64 {
+        (size * self.passes) as f64 / self.total.as_secs_f64()
+    }
+}
+
 /// An engine's best rows/s over several batch sizes, counted two ways.
 #[derive(Debug, Clone, Copy)]
 struct EngineRates {
@@ -369,6 +450,8 @@ struct EngineRates {
     overall: f64,
     /// Rows of one pass over the median pass.
     by_median: f64,
+    /// The batch size of `overall`.
+    batch_size: usize,
 }
 
 /// The best of the engine's rows/s at batch 1, 8 and 32.
@@ -376,11 +459,14 @@ async fn engine_best_rows_per_s(backend: &str, manifest: &ModelManifest) -> Resu
     let mut best = EngineRates {
         overall: 0.0,
         by_median: 0.0,
+        batch_size: 1,
     };
     for size in [1, 8, 32] {
         let times = engine_pass_times(backend, manifest, size, 3.0).await?;
-        let rows = (size * times.passes) as f64;
-        best.overall = best.overall.max(rows / times.total.as_secs_f64());
+        if times.rows_per_s(size) > best.overall {
+            best.overall = times.rows_per_s(size);
+            best.batch_size = size;
+        }
         best.by_median = best.by_median.max(size as f64 / times.p50.as_secs_f64());
     }
     Ok(best)
@@ -427,7 +513,7 @@ fn render(report: &Report, scenarios: &[Scenario]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "backend {}, {} s per cell in {} rounds (ResNet-18: one round of 15 s at least); the example model alone: start to ready {:.0} ms, idle RSS {:.1} MiB; every model: {:.0} ms, {:.1} MiB (floor {:.1} MiB)\n",
+        "backend {}, {} s per cell in {} rounds (ResNet-18: rounds of 10 s at least, each after 3 s of the engine in-process); the example model alone: start to ready {:.0} ms, idle RSS {:.1} MiB; every model: {:.0} ms, {:.1} MiB (floor {:.1} MiB)\n",
         report.backend,
         report.secs,
         report.rounds,
@@ -437,6 +523,13 @@ fn render(report: &Report, scenarios: &[Scenario]) -> String {
         report.server_idle_rss_mib,
         report.floor_idle_rss_mib
     );
+    if let Some(pinning) = &report.pinning {
+        let _ = writeln!(
+            out,
+            "concurrency 1 on the example's routes: oha on CPU {}, the servers on CPU {} (taskset); every other cell where the kernel puts them\n",
+            pinning.load_generator, pinning.servers
+        );
+    }
     let with_baseline = report.rows.iter().any(|row| row.baseline.is_some());
     let _ = writeln!(
         out,
@@ -516,14 +609,27 @@ fn render(report: &Report, scenarios: &[Scenario]) -> String {
                 .map_or(f64::NAN, |f| row.server.p50_ms - f.p50_ms)
         );
     }
-    if let (Some(best), Some(by_median)) = (
+    if let (Some(best), Some(by_median), Some(size)) = (
         report.resnet_engine_best_rows_per_s,
         report.resnet_engine_best_rows_per_s_by_median,
+        report.resnet_engine_best_batch_size,
     ) {
         let _ = writeln!(
             out,
-            "resnet18 in-process best: {best:.1} rows/s (batch 1, 8 or 32; rows over the passes' summed time; over the median pass: {by_median:.1})"
+            "resnet18 in-process best: {best:.1} rows/s at batch {size} (of 1, 8 and 32; rows over the passes' summed time; best over the median pass: {by_median:.1})"
         );
+    }
+    for row in &report.rows {
+        if let Some(engine) = row.engine_rows_per_s {
+            let _ = writeln!(
+                out,
+                "{} at concurrency {}: {:.2} images/s served, {engine:.2} rows/s in-process at that batch size in turns with it: {:.3}×",
+                row.scenario,
+                row.concurrency,
+                row.server.requests_per_s,
+                row.server.requests_per_s / engine
+            );
+        }
     }
     out
 }

@@ -77,7 +77,9 @@ impl ServerProcess {
             .spawn()
             .with_context(|| format!("cannot start {program}"))?;
         let pid = child.id().context("the server exited at once")?;
-        let mut lines = BufReader::new(child.stderr.take().context("stderr is piped")?).lines();
+        let mut lines =
+            BufReader::with_capacity(1 << 16, child.stderr.take().context("stderr is piped")?)
+                .lines();
         let log = Arc::new(Mutex::new(Vec::new()));
         let addr = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await? {
@@ -95,12 +97,24 @@ impl ServerProcess {
         .await
         .context("the server did not log its address within 60 s")??;
         let sink = Arc::clone(&log);
+        let mut stderr = lines.into_inner();
         tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                // Request lines (on at the default filter) would pile up by the million
-                // under load; warnings and errors are what a run reports.
-                if !line.contains("inference_server::request") {
-                    sink.lock().unwrap().push(line);
+            // This process shares the cores with the server under load, and the server
+            // writes a line per request at the default filter (tens of thousands a
+            // second): each line is looked at in place, without a `String` of its own.
+            let request_line = memchr::memmem::Finder::new("inference_server::request");
+            let mut line = Vec::with_capacity(512);
+            loop {
+                line.clear();
+                match stderr.read_until(b'\n', &mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                // Request lines would pile up by the million under load; warnings and
+                // errors are what a run reports.
+                if request_line.find(&line).is_none() {
+                    let text = String::from_utf8_lossy(&line);
+                    sink.lock().unwrap().push(text.trim_end().to_string());
                 }
             }
         });
@@ -139,6 +153,22 @@ impl ServerProcess {
         Ok(kib / 1024.0)
     }
 
+    /// Moves every thread of the process onto `cpus` (a `taskset` list such as `1-3`).
+    /// Threads started later inherit the mask of the thread that starts them.
+    pub(crate) fn pin(&self, cpus: &str) -> Result<()> {
+        let pid = self.pid.to_string();
+        let status = std::process::Command::new("taskset")
+            .args(["--all-tasks", "--cpu-list", "--pid", cpus, &pid])
+            .stdout(Stdio::null())
+            .status()
+            .context("cannot run taskset")?;
+        ensure!(
+            status.success(),
+            "taskset could not pin process {pid} to {cpus}"
+        );
+        Ok(())
+    }
+
     /// `http://host:port`.
     pub(crate) fn base(&self) -> String {
         format!("http://{}", self.addr)
@@ -156,6 +186,16 @@ impl ServerProcess {
         ensure!(exit.success(), "the server exited with {exit}");
         Ok(())
     }
+}
+
+/// Whether `taskset` (util-linux) is there to pin processes to CPUs.
+pub(crate) fn can_pin() -> bool {
+    std::process::Command::new("taskset")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 /// `inference-server` in the target folder above this example's.
@@ -193,6 +233,8 @@ pub(crate) fn sibling_example(name: &str) -> Result<PathBuf> {
 #[derive(Debug, Clone)]
 pub(crate) struct Oha {
     binary: PathBuf,
+    /// The CPUs it runs on (a `taskset` list), or wherever the kernel puts it.
+    cpus: Option<String>,
 }
 
 /// One `oha` run: closed loop, keep-alive, a fixed number of connections.
@@ -260,7 +302,16 @@ impl Oha {
         );
         Ok(Self {
             binary: binary.to_path_buf(),
+            cpus: None,
         })
+    }
+
+    /// The same load generator, run on `cpus` only (a `taskset` list such as `0`).
+    pub(crate) fn pinned(&self, cpus: &str) -> Self {
+        Self {
+            binary: self.binary.clone(),
+            cpus: Some(cpus.to_string()),
+        }
     }
 
     /// POSTs the JSON in `body` to `url` from `connections` connections for `secs` seconds;
@@ -285,7 +336,14 @@ impl Oha {
         body: &Path,
         headers: &[String],
     ) -> Result<OhaRun> {
-        let mut command = Command::new(&self.binary);
+        let mut command = match &self.cpus {
+            Some(cpus) => {
+                let mut command = Command::new("taskset");
+                command.args(["-c", cpus]).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
         for header in headers {
             command.args(["-H", header]);
         }
