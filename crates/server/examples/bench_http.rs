@@ -463,8 +463,9 @@ async fn engine_best_rows_per_s(backend: &str, manifest: &ModelManifest) -> Resu
     };
     for size in [1, 8, 32] {
         let times = engine_pass_times(backend, manifest, size, 3.0).await?;
-        if times.rows_per_s(size) > best.overall {
-            best.overall = times.rows_per_s(size);
+        let rows_per_s = times.rows_per_s(size);
+        if rows_per_s > best.overall {
+            best.overall = rows_per_s;
             best.batch_size = size;
         }
         best.by_median = best.by_median.max(size as f64 / times.p50.as_secs_f64());
