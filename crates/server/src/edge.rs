@@ -344,7 +344,8 @@ fn finish(meta: Meta, model: Option<String>, mut response: Response) -> Response
 /// The target of the one log line per request.
 pub(crate) const REQUEST_LOG_TARGET: &str = "inference_server::request";
 
-/// The one log line per request.
+/// The one log line per request: written straight to the log's writer when the server's
+/// own text log is installed (`crate::telemetry::write_request_line`), else through tracing.
 pub(crate) fn log_request(
     method: &Method,
     route: &str,
@@ -352,13 +353,27 @@ pub(crate) fn log_request(
     elapsed: std::time::Duration,
     request_id: &str,
 ) {
+    if !tracing::enabled!(target: REQUEST_LOG_TARGET, tracing::Level::INFO) {
+        return;
+    }
+    // Rounded to the microsecond: the unrounded float prints as 0.15562299999999998.
+    let latency_ms = crate::routes::millis(elapsed);
+    let line = crate::telemetry::RequestLine {
+        method: method.as_str(),
+        route,
+        status,
+        latency_ms,
+        request_id,
+    };
+    if crate::telemetry::write_request_line(&line) {
+        return;
+    }
     tracing::info!(
         target: REQUEST_LOG_TARGET,
         method = %method,
         route,
         status,
-        // Rounded to the microsecond: the unrounded float prints as 0.15562299999999998.
-        latency_ms = crate::routes::millis(elapsed),
+        latency_ms,
         request_id,
         "request"
     );

@@ -204,6 +204,13 @@ impl Write for Line<'_> {
     }
 }
 
+impl LineWriter {
+    /// Adds one whole line (ending in a newline) of a level below warning.
+    pub fn write_line(&self, line: &[u8]) -> io::Result<()> {
+        self.shared.add(line, false)
+    }
+}
+
 impl<'a> MakeWriter<'a> for LineWriter {
     type Writer = Line<'a>;
 
