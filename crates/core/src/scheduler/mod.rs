@@ -497,10 +497,14 @@ impl Shared {
             armed: true,
         };
         let started = Instant::now();
-        let computing = self.stack_and_infer(samples);
-        let outcome = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, computing).await,
-            None => Ok(computing.await),
+        let mut computing = std::pin::pin!(self.stack_and_infer(samples));
+        // A pass the engine runs on this thread is done at the first poll: it needs no
+        // timer (making one costs a clone of the runtime's handle, shared by every thread).
+        let first = std::future::poll_fn(|cx| Poll::Ready(computing.as_mut().poll(cx))).await;
+        let outcome = match (first, deadline) {
+            (Poll::Ready(outputs), _) => Ok(outputs),
+            (Poll::Pending, Some(deadline)) => tokio::time::timeout_at(deadline, computing).await,
+            (Poll::Pending, None) => Ok(computing.await),
         };
         waiting.armed = false;
         let finished = Instant::now();
