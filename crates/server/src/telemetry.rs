@@ -94,11 +94,10 @@ pub(crate) fn write_request_line(line: &RequestLine<'_>) -> bool {
     })
 }
 
-/// The request line after its timestamp, as `TextFormat` writes the event; false, with
-/// `text` half written, when a value would need escaping.
+/// The request line after its timestamp, as `TextFormat` writes the event; false, writing
+/// nothing, when a value would need escaping.
 fn format_request_line(text: &mut String, line: &RequestLine<'_>) -> bool {
-    let quotable = |value: &str| is_printable(value) && !value.contains(['"', '\\']);
-    if !is_printable(line.method) || !quotable(line.route) || !quotable(line.request_id) {
+    if !is_printable(line.method) || !is_quotable(line.route) || !is_quotable(line.request_id) {
         return false;
     }
     let _ = writeln!(
@@ -239,10 +238,15 @@ fn is_printable(text: &str) -> bool {
     text.bytes().all(|byte| (b' '..=b'~').contains(&byte))
 }
 
+/// Whether `text` reads the same quoted as `Debug` quotes it: printable, and nothing in it
+/// that needs a backslash.
+fn is_quotable(text: &str) -> bool {
+    is_printable(text) && !text.contains(['"', '\\'])
+}
+
 impl Visit for PlainFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        // Quoted as `Debug` quotes: the same text when nothing in it needs a backslash.
-        if !is_printable(value) || value.contains(['"', '\\']) {
+        if !is_quotable(value) {
             self.plain = false;
         } else if self.start(field) {
             if field.name() == "message" {
