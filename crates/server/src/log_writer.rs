@@ -350,10 +350,13 @@ pub(crate) mod tests {
             soon_bytes: 100,
             limit_bytes: 1_000_000,
         });
+        // Each line alone reaches `soon_bytes`, so whenever the writer thread takes the
+        // batch (all 20 lines or a part), what is left is large too: nothing waits 30 s.
+        let filler = "x".repeat(100);
         for n in 0..20 {
-            info_line(&writer, &format!("line {n}\n"));
+            info_line(&writer, &format!("line {n} {filler}\n"));
         }
-        assert!(wait_for(&captured, "line 19\n", Duration::from_secs(5)));
+        assert!(wait_for(&captured, "line 19 ", Duration::from_secs(5)));
     }
 
     #[test]
