@@ -10,7 +10,9 @@ use crate::state::{AppState, ModelState};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -26,6 +28,8 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 /// a server nobody scrapes does not keep every sample.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+mod sharded;
+
 const STATES: [(ModelState, &str); 4] = [
     (ModelState::Loading, "loading"),
     (ModelState::Ready, "ready"),
@@ -33,45 +37,87 @@ const STATES: [(ModelState, &str); 4] = [
     (ModelState::Unloading, "unloading"),
 ];
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static EXPORTER: OnceLock<Option<Exporter>> = OnceLock::new();
+
+/// The process's Prometheus exporter, behind the recorder that shards its histograms.
+pub struct Exporter {
+    handle: PrometheusHandle,
+    recorder: &'static sharded::ShardingRecorder<PrometheusRecorder>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter").finish_non_exhaustive()
+    }
+}
+
+impl Exporter {
+    /// The text format of every metric, with every sample recorded so far.
+    pub fn render(&self) -> String {
+        self.recorder.fold();
+        self.handle.render()
+    }
+
+    fn run_upkeep(&self) {
+        self.recorder.fold();
+        self.handle.run_upkeep();
+    }
+}
 
 /// Installs the Prometheus recorder as the process's global recorder, once; later calls
-/// return the same handle. Must run before the schedulers start: their metric handles are
+/// return the same exporter. Must run before the schedulers start: their metric handles are
 /// taken when they start. `None` when an embedder installed a recorder of its own first.
-pub fn install() -> Option<&'static PrometheusHandle> {
-    HANDLE
+pub fn install() -> Option<&'static Exporter> {
+    EXPORTER
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
+            let built = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full("inference_batch_size".into()),
                         BATCH_BUCKETS,
                     )
-                });
-            let handle = match builder.and_then(PrometheusBuilder::install_recorder) {
-                Ok(handle) => handle,
+                })
+                .map(PrometheusBuilder::build_recorder);
+            let prometheus = match built {
+                Ok(prometheus) => prometheus,
                 Err(error) => {
-                    tracing::warn!(%error, "metrics are off: another recorder is installed");
+                    tracing::warn!(%error, "metrics are off: cannot build the recorder");
                     return None;
                 }
             };
-            describe();
-            let upkeep = handle.clone();
-            let spawned = std::thread::Builder::new()
-                .name("metrics-upkeep".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(UPKEEP_INTERVAL);
-                        upkeep.run_upkeep();
-                    }
-                });
-            if let Err(error) = spawned {
-                tracing::warn!(%error, "no metrics upkeep thread: histograms fold at scrapes only");
+            let handle = prometheus.handle();
+            // Global for the life of the process, as a recorder installed by the exporter is.
+            let recorder: &'static sharded::ShardingRecorder<PrometheusRecorder> =
+                Box::leak(Box::new(sharded::ShardingRecorder::new(prometheus)));
+            if let Err(error) = metrics::set_global_recorder(recorder) {
+                tracing::warn!(%error, "metrics are off: another recorder is installed");
+                return None;
             }
-            Some(handle)
+            describe();
+            Some(Exporter { handle, recorder })
         })
         .as_ref()
+        .inspect(|exporter| start_upkeep(exporter))
+}
+
+/// Folds recorded samples into their buckets every [`UPKEEP_INTERVAL`] on a thread of its
+/// own; started once.
+fn start_upkeep(exporter: &'static Exporter) {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    exporter.run_upkeep();
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "no metrics upkeep thread: histograms fold at scrapes only");
+        }
+    });
 }
 
 fn describe() {
@@ -148,14 +194,14 @@ pub fn record_grpc(method: &'static str, code: tonic::Code, model: &str, took: D
     )
 )]
 pub async fn scrape(State(state): State<AppState>) -> Response {
-    let Some(handle) = install() else {
+    let Some(exporter) = install() else {
         return crate::error::ApiError::NotFound(
             "metrics are off: the embedding program installed its own recorder".into(),
         )
         .into_response();
     };
     record_readings(&state);
-    let mut response = handle.render().into_response();
+    let mut response = exporter.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
