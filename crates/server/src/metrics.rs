@@ -6,6 +6,8 @@
 //! themselves (`inference_core::scheduler`); gauges that are a reading of the state (queue
 //! rows, model states, memory) are set when scraped, so they are never stale.
 
+mod sharded;
+
 use crate::state::{AppState, ModelState};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -27,8 +29,6 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 /// How often recorded histogram samples are folded into their buckets between scrapes, so
 /// a server nobody scrapes does not keep every sample.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
-mod sharded;
 
 const STATES: [(ModelState, &str); 4] = [
     (ModelState::Loading, "loading"),
@@ -95,29 +95,28 @@ pub fn install() -> Option<&'static Exporter> {
                 return None;
             }
             describe();
+            start_upkeep();
             Some(Exporter { handle, recorder })
         })
         .as_ref()
-        .inspect(|exporter| start_upkeep(exporter))
 }
 
 /// Folds recorded samples into their buckets every [`UPKEEP_INTERVAL`] on a thread of its
-/// own; started once.
-fn start_upkeep(exporter: &'static Exporter) {
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    STARTED.call_once(|| {
-        let spawned = std::thread::Builder::new()
-            .name("metrics-upkeep".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(UPKEEP_INTERVAL);
+/// own. It first looks once the interval has passed, when [`install`] has long returned.
+fn start_upkeep() {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                if let Some(Some(exporter)) = EXPORTER.get() {
                     exporter.run_upkeep();
                 }
-            });
-        if let Err(error) = spawned {
-            tracing::warn!(%error, "no metrics upkeep thread: histograms fold at scrapes only");
-        }
-    });
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "no metrics upkeep thread: histograms fold at scrapes only");
+    }
 }
 
 fn describe() {
